@@ -1,0 +1,7 @@
+"""``python -m drivemtl`` is the same as the ``drivemtl`` command."""
+
+import sys
+
+from drivemtl.cli import main
+
+sys.exit(main())

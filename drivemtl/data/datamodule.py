@@ -1,0 +1,225 @@
+"""The DataModule: manifests (or the embedded synthetic set) to batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from drivemtl.data.batch import collate
+from drivemtl.data.datasets import (
+    ImageFolderDataset,
+    ManifestDataset,
+    find_images,
+    seed_worker_transform,
+)
+from drivemtl.data.labels import DEFAULT_CLASSES
+from drivemtl.data.manifest import Record, read_manifest
+from drivemtl.data.transforms import build_transform
+from drivemtl.errors import DriveMTLError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SyntheticSplits:
+    """The embedded synthetic data set used when no manifest is given.
+
+    Attributes:
+        train: Number of training images.
+        val: Number of validation images.
+        test: Number of test images.
+        seed: Base seed; each split gets its own stream.
+        width: Rendered image width.
+        height: Rendered image height.
+        dropout: Per-class rate at which a label is hidden as ``?`` in the training split.
+    """
+
+    train: int = 2000
+    val: int = 400
+    test: int = 400
+    seed: int = 0
+    width: int = 320
+    height: int = 192
+    dropout: dict[str, float] = field(default_factory=dict)
+
+
+def default_cache_dir() -> Path:
+    """``$DRIVEMTL_CACHE`` or ``~/.cache/drivemtl``."""
+    return Path(os.environ.get("DRIVEMTL_CACHE", Path.home() / ".cache" / "drivemtl"))
+
+
+class DriveDataModule(L.LightningDataModule):
+    """Loads manifests for train / val / test and an image folder for predict.
+
+    When no manifest is given, the embedded synthetic driving set is generated once into the
+    cache folder and used for all three splits.
+
+    Args:
+        train_manifest: CSV or JSONL manifest(s); several are concatenated (their unknown
+            classes stay unknown, so sources with different label sets combine safely).
+        val_manifest: Validation manifest(s); they choose the checkpoint and the thresholds.
+        test_manifest: Test manifest(s).
+        predict_dir: Folder of images for ``predict`` (searched recursively).
+        classes: The class list, configured here once and linked into the model.
+        image_size: Network input (height, width).
+        batch_size: Images per batch and per process.
+        num_workers: DataLoader worker processes.
+        augment: Train-time flip, scale-crop and colour jitter.
+        synthetic: The synthetic set's settings (used only without manifests).
+        cache_dir: Where the synthetic set is generated; default ``$DRIVEMTL_CACHE`` or
+            ``~/.cache/drivemtl``.
+        load_depth: Decode depth maps (set when a depth task is trained).
+    """
+
+    def __init__(
+        self,
+        train_manifest: str | list[str] | None = None,
+        val_manifest: str | list[str] | None = None,
+        test_manifest: str | list[str] | None = None,
+        predict_dir: str | None = None,
+        classes: list[str] = list(DEFAULT_CLASSES),
+        image_size: tuple[int, int] = (192, 320),
+        batch_size: int = 32,
+        num_workers: int = 2,
+        augment: bool = True,
+        synthetic: SyntheticSplits | None = None,
+        cache_dir: str | None = None,
+        load_depth: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if len(set(classes)) != len(classes) or not classes:
+            raise DriveMTLError(f"data.classes must be a non-empty list of unique names: {classes}")
+        self.classes = list(classes)
+        self.image_size = tuple(image_size)
+        self.manifests = {
+            "train": _as_list(train_manifest),
+            "val": _as_list(val_manifest),
+            "test": _as_list(test_manifest),
+        }
+        self.use_synthetic = not any(self.manifests.values())
+        self.synthetic = synthetic or SyntheticSplits()
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.datasets: dict[str, Dataset] = {}
+
+    # -- synthetic set -------------------------------------------------------------------------
+
+    def synthetic_dir(self) -> Path:
+        """Cache folder keyed by every setting that changes the generated files."""
+        from drivemtl.data import synthetic
+
+        key = {"settings": asdict(self.synthetic), "classes": self.classes}
+        key["version"] = getattr(synthetic, "GENERATOR_VERSION", 1)
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        return self.cache_dir / f"synthetic-{digest}"
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic set once (rank 0 only; other ranks wait in ``setup``)."""
+        if not self.use_synthetic:
+            return
+        from drivemtl.data.synthetic import SyntheticConfig, generate_dataset
+
+        root = self.synthetic_dir()
+        s = self.synthetic
+        for offset, split in enumerate(SPLITS):
+            target = root / split
+            if (target / "manifest.jsonl").is_file():
+                continue
+            # Write beside and rename, so an interrupted run never leaves half a cache.
+            partial = root / f".{split}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            dropout = s.dropout if split == "train" else {}
+            config = SyntheticConfig(width=s.width, height=s.height, dropout=dropout)
+            print(f"Generating {getattr(s, split)} synthetic {split} images into {target}")
+            generate_dataset(
+                partial,
+                getattr(s, split),
+                seed=s.seed * 1000 + offset,
+                config=config,
+                classes=self.classes,
+                progress=True,
+            )
+            partial.rename(target)
+
+    def manifest_paths(self, split: str) -> list[Path]:
+        """The manifest files of a split (synthetic ones when no manifest is configured)."""
+        if self.use_synthetic:
+            return [self.synthetic_dir() / split / "manifest.jsonl"]
+        return [Path(p) for p in self.manifests[split]]
+
+    # -- datasets ------------------------------------------------------------------------------
+
+    def records(self, split: str) -> list[Record]:
+        """Parsed entries of every manifest of a split."""
+        records = []
+        for path in self.manifest_paths(split):
+            records.extend(read_manifest(path, self.classes))
+        return records
+
+    def setup(self, stage: str) -> None:
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+        for split in needed.get(stage, ()):
+            if split in self.datasets:
+                continue
+            if not self.manifest_paths(split):
+                option = f"--data.{split}_manifest"
+                raise DriveMTLError(
+                    f"No {split} data: give {option} (a CSV or JSONL manifest), or give no "
+                    "manifest at all to use the embedded synthetic set."
+                )
+            train = split == "train" and self.hparams.augment
+            self.datasets[split] = ManifestDataset(
+                self.records(split),
+                build_transform(self.image_size, train=train),
+                load_depth=self.hparams.load_depth,
+            )
+        if stage == "predict":
+            if not self.hparams.predict_dir:
+                raise DriveMTLError("No images to predict: give --data.predict_dir DIR.")
+            self.datasets["predict"] = ImageFolderDataset(
+                find_images(self.hparams.predict_dir),
+                build_transform(self.image_size, train=False),
+                len(self.classes),
+            )
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        dataset = self.datasets[split]
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            # BatchNorm cannot train on a last batch of one image.
+            drop_last=shuffle and len(dataset) > self.hparams.batch_size,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            worker_init_fn=seed_worker_transform if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+
+def _as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)

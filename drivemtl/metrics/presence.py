@@ -1,0 +1,133 @@
+"""Multi-label presence metrics with unknown labels masked out, per class.
+
+One function, :func:`presence_report`, defines the numbers; the training loop (through
+:class:`PresenceMetric`) and ``drivemtl evaluate`` both call it, so they agree by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.functional.classification import (
+    binary_average_precision,
+    binary_precision_recall_curve,
+)
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def best_f1_threshold(scores: Tensor, labels: Tensor) -> float:
+    """The score threshold that maximises F1 (predict positive when ``score >= threshold``).
+
+    Args:
+        scores: Probabilities of labelled entries, shape (N,).
+        labels: 0/1 labels of the same entries.
+
+    Returns:
+        The threshold, or 0.5 when there is no positive (F1 is then undefined).
+    """
+    if labels.sum() == 0:
+        return DEFAULT_THRESHOLD
+    precision, recall, thresholds = binary_precision_recall_curve(scores, labels.long())
+    # The last precision/recall pair (1, 0) has no threshold.
+    p, r = precision[:-1], recall[:-1]
+    f1 = torch.where(p + r > 0, 2 * p * r / (p + r), torch.zeros_like(p))
+    return float(thresholds[int(torch.argmax(f1))])
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den > 0 else None
+
+
+def class_report(scores: Tensor, labels: Tensor, threshold: float | None = None) -> dict:
+    """Metrics of one class over its entries; ``labels`` holds 1, 0 or -1 (unknown).
+
+    Undefined values (no positive, or no predicted positive for precision) are ``None``.
+    """
+    known = labels >= 0
+    s, y = scores[known].float(), labels[known].long()
+    positives = int(y.sum())
+    if threshold is None:
+        threshold = best_f1_threshold(s, y)
+    predicted = s >= threshold
+    tp = int((predicted & (y == 1)).sum())
+    fp = int((predicted & (y == 0)).sum())
+    fn = positives - tp
+    ap = float(binary_average_precision(s, y)) if positives > 0 else None
+    return {
+        "ap": ap,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn) if positives > 0 else None,
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, positives),
+        "threshold": float(threshold),
+        "positives": positives,
+        "labelled": int(known.sum()),
+        "unknown": int((~known).sum()),
+    }
+
+
+def presence_report(
+    scores: Tensor,
+    labels: Tensor,
+    classes: Sequence[str],
+    thresholds: Sequence[float] | None = None,
+) -> dict:
+    """Per-class AP, F1, precision, recall and counts, plus the macro mAP.
+
+    Args:
+        scores: Probabilities, shape (N, C).
+        labels: 1, 0 or -1 (unknown), shape (N, C).
+        classes: C class names.
+        thresholds: Fixed decision thresholds per class; ``None`` picks each class's max-F1
+            threshold on these scores.
+
+    Returns:
+        ``{"map": float | None, "per_class": {name: {...}}}`` as in the metrics.json contract.
+    """
+    per_class = {}
+    for c, name in enumerate(classes):
+        t = None if thresholds is None else float(thresholds[c])
+        per_class[name] = class_report(scores[:, c], labels[:, c], t)
+    aps = [m["ap"] for m in per_class.values() if m["ap"] is not None]
+    return {"map": sum(aps) / len(aps) if aps else None, "per_class": per_class}
+
+
+class PresenceMetric(Metric):
+    """Accumulates presence scores over an epoch, synchronised across processes.
+
+    Each sample carries its dataset index; duplicates (the padding a distributed sampler adds to
+    even out ranks) are removed before computing, so every image counts exactly once.
+    """
+
+    full_state_update = False
+
+    def __init__(self, classes: Sequence[str], **kwargs):
+        super().__init__(**kwargs)
+        self.classes = list(classes)
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: Tensor, labels: Tensor, index: Tensor) -> None:
+        self.index.append(index.detach())
+        self.scores.append(scores.detach().float())
+        self.labels.append(labels.detach())
+
+    def gathered(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Deduplicated ``(index, scores, labels)``, ordered by index."""
+        index, scores, labels = (
+            torch.cat(x) if isinstance(x, list) else x
+            for x in (self.index, self.scores, self.labels)
+        )
+        order = torch.argsort(index, stable=True)
+        index, scores, labels = index[order], scores[order], labels[order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        return index[first], scores[first], labels[first]
+
+    def compute(self) -> dict:
+        _, scores, labels = self.gathered()
+        return presence_report(scores.cpu(), labels.cpu(), self.classes)

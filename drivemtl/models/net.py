@@ -1,0 +1,49 @@
+"""The multi-task network: one shared backbone, one head per task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from drivemtl.models.backbones import Backbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MultiTaskNet(nn.Module):
+    """Hard parameter sharing: the backbone runs once per batch and feeds every head.
+
+    Takes uint8 (or [0, 1] float) images and normalises them itself, so the normalisation
+    travels with the weights.
+
+    Args:
+        backbone: A :class:`Backbone`.
+        heads: One module per task, each taking the list of backbone feature maps.
+        mean: Per-channel normalisation mean, on the [0, 1] scale.
+        std: Per-channel normalisation std.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        heads: Mapping[str, nn.Module],
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(heads)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        return (images - self.mean) / self.std
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        features = self.backbone(self.normalize(images))
+        return {name: head(features) for name, head in self.heads.items()}

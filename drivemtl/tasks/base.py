@@ -1,0 +1,77 @@
+"""The task interface: the unit of extension.
+
+A task owns its head, its loss over labelled entries only, its metric and its decoding of
+outputs for prediction files. The LightningModule loops over tasks and knows none of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from drivemtl.data.batch import Batch
+
+
+class Task(ABC):
+    """One task on the shared trunk.
+
+    Attributes:
+        name: Key of the task in configs, logs and ``metrics.json``.
+        monitor: The metric (within the task's report) that the best checkpoint maximises.
+    """
+
+    name: str
+    monitor: str
+
+    @abstractmethod
+    def build_head(self, channels: Sequence[int], classes: Sequence[str]) -> nn.Module:
+        """The head over the backbone's feature maps (channels from stride 4 to 32)."""
+
+    @abstractmethod
+    def loss(self, output: Tensor, batch: Batch) -> tuple[Tensor, int]:
+        """The task loss over labelled entries, and how many labelled entries it saw.
+
+        A batch with no labelled entry must give a zero loss with finite gradients.
+        """
+
+    @abstractmethod
+    def build_metric(self, classes: Sequence[str]) -> Metric:
+        """A fresh metric that accumulates over an epoch, synchronised across processes."""
+
+    @abstractmethod
+    def update_metric(self, metric: Metric, output: Tensor, batch: Batch) -> None:
+        """Feed one batch of outputs to the metric."""
+
+    @abstractmethod
+    def report(self, metric: Metric, head: nn.Module, choose_thresholds: bool) -> dict:
+        """The task's section of ``metrics.json`` for the epoch.
+
+        Args:
+            metric: The task's accumulated metric.
+            head: The task's head, whose stored decision thresholds apply.
+            choose_thresholds: On validation, choose thresholds on this data and store them
+                in the head; on test, use the stored ones.
+        """
+
+    @abstractmethod
+    def decode(
+        self, output: Tensor, head: nn.Module, batch: Batch, classes: Sequence[str]
+    ) -> list[dict]:
+        """Per-image prediction fields (original image pixels) for ``predictions.jsonl``."""
+
+    def scalars(self, report: dict) -> dict[str, float]:
+        """Flat scalars to log from a report; undefined (``None``) values are left out."""
+        out = {}
+
+        def walk(prefix: str, value) -> None:
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    walk(f"{prefix}/{key}", inner)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[prefix] = float(value)
+
+        walk(self.name, report)
+        return out

@@ -1,0 +1,112 @@
+"""Multi-label presence: is each class in the image? Unknown (``?``) labels are masked out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from drivemtl.data.batch import Batch
+from drivemtl.metrics.presence import DEFAULT_THRESHOLD, PresenceMetric, presence_report
+from drivemtl.tasks.base import Task
+
+
+def masked_bce(
+    logits: Tensor, labels: Tensor, pos_weight: Tensor | None = None
+) -> tuple[Tensor, int]:
+    """Binary cross-entropy summed over labelled entries and divided by their count.
+
+    Args:
+        logits: (B, C).
+        labels: (B, C) with 1, 0 or -1 (unknown, masked out).
+        pos_weight: Optional (C,) weight of positive entries.
+
+    Returns:
+        The loss (0 with zero, finite gradients when nothing is labelled) and the count.
+    """
+    mask = labels >= 0
+    per_entry = F.binary_cross_entropy_with_logits(
+        logits, labels.clamp(min=0).to(logits.dtype), pos_weight=pos_weight, reduction="none"
+    )
+    count = int(mask.sum())
+    # where() rather than multiply: a masked entry can never leak a NaN or inf into the sum.
+    loss = torch.where(mask, per_entry, torch.zeros_like(per_entry)).sum() / max(count, 1)
+    return loss, count
+
+
+class PresenceHead(nn.Module):
+    """Average and max pooling of the last feature map, then one logit per class.
+
+    Max pooling keeps a small object's evidence that averaging over the image would dilute.
+    The per-class decision thresholds live here as a buffer, so checkpoints carry them.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(2 * in_channels, num_classes)
+        self.register_buffer("thresholds", torch.full((num_classes,), DEFAULT_THRESHOLD))
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        x = features[-1]
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        return self.fc(self.dropout(pooled))
+
+
+class PresenceTask(Task):
+    """Presence of every configured class.
+
+    Args:
+        pos_weight: Optional weight of positive labels per class (same order as the classes),
+            for rare classes.
+        dropout: Dropout before the classifier.
+    """
+
+    name = "presence"
+    monitor = "map"
+
+    def __init__(self, pos_weight: Sequence[float] | None = None, dropout: float = 0.2):
+        self.pos_weight = None if pos_weight is None else torch.tensor(pos_weight)
+        self.dropout = dropout
+
+    def build_head(self, channels: Sequence[int], classes: Sequence[str]) -> nn.Module:
+        if self.pos_weight is not None and len(self.pos_weight) != len(classes):
+            raise ValueError(
+                f"presence pos_weight has {len(self.pos_weight)} values for {len(classes)} classes"
+            )
+        return PresenceHead(channels[-1], len(classes), self.dropout)
+
+    def loss(self, output: Tensor, batch: Batch) -> tuple[Tensor, int]:
+        weight = None if self.pos_weight is None else self.pos_weight.to(output.device)
+        return masked_bce(output, batch.presence, weight)
+
+    def build_metric(self, classes: Sequence[str]) -> PresenceMetric:
+        return PresenceMetric(classes)
+
+    def update_metric(self, metric: PresenceMetric, output: Tensor, batch: Batch) -> None:
+        metric.update(torch.sigmoid(output.float()), batch.presence, batch.index)
+
+    def report(self, metric: PresenceMetric, head: nn.Module, choose_thresholds: bool) -> dict:
+        _, scores, labels = metric.gathered()
+        scores, labels = scores.cpu(), labels.cpu()
+        thresholds = None if choose_thresholds else head.thresholds.tolist()
+        report = presence_report(scores, labels, metric.classes, thresholds)
+        if choose_thresholds:
+            chosen = [report["per_class"][c]["threshold"] for c in metric.classes]
+            head.thresholds.copy_(torch.tensor(chosen, dtype=head.thresholds.dtype))
+        return report
+
+    def decode(
+        self, output: Tensor, head: nn.Module, batch: Batch, classes: Sequence[str]
+    ) -> list[dict]:
+        probs = torch.sigmoid(output.float()).cpu()
+        present = probs >= head.thresholds.cpu()
+        return [
+            {
+                "presence": {c: round(float(p[i]), 6) for i, c in enumerate(classes)},
+                "present": [c for i, c in enumerate(classes) if bool(row[i])],
+            }
+            for p, row in zip(probs, present)
+        ]
