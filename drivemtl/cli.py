@@ -115,6 +115,7 @@ def run_lightning(args: list[str] | None) -> None:
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``drivemtl``; returns the exit status."""
     argv = list(sys.argv[1:] if args is None else args)
+    owns_run_dir = RUN_DIR_ENV not in os.environ
     try:
         if argv and argv[0] == "convert":
             from drivemtl.converters import main as convert
@@ -128,4 +129,7 @@ def main(args: list[str] | None = None) -> int:
     except DriveMTLError as e:
         print(f"drivemtl: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if owns_run_dir:  # the next run in this process gets a folder of its own
+            os.environ.pop(RUN_DIR_ENV, None)
     return 0

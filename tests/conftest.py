@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny images and manifests written on the fly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ["pedestrian", "car", "stop_sign", "traffic_light"]
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def write_image(path: Path, width: int = 48, height: int = 32, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def write_jsonl(path: Path, entries: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    return path
+
+
+@pytest.fixture
+def tiny_presence_set(tmp_path: Path):
+    """A learnable toy set: class c is present iff a bright square sits in quadrant c.
+
+    Returns a function ``make(name, n, seed)`` that writes ``name.jsonl`` with ``n`` images.
+    """
+
+    def make(name: str, n: int, seed: int = 0, unknown_rate: float = 0.0) -> Path:
+        rng = np.random.default_rng(seed)
+        entries = []
+        for i in range(n):
+            img = rng.integers(0, 60, (32, 48, 3), dtype=np.uint8)
+            presence = {}
+            for c, cls in enumerate(CLASSES):
+                on = bool(rng.random() < 0.5)
+                if on:
+                    y, x = (c // 2) * 16, (c % 2) * 24
+                    img[y + 4 : y + 12, x + 6 : x + 18] = 255
+                hidden = rng.random() < unknown_rate
+                presence[cls] = "?" if hidden else int(on)
+            rel = f"{name}/{i:04d}.png"
+            (tmp_path / name).mkdir(exist_ok=True)
+            Image.fromarray(img).save(tmp_path / rel)
+            entries.append({"image": rel, "presence": presence})
+        return write_jsonl(tmp_path / f"{name}.jsonl", entries)
+
+    return make
+
+
+def require_shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the repo in CI)")
+    return SHARED_DATA

@@ -1,0 +1,64 @@
+"""Boxes and depth stay aligned with the image through every augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from drivemtl.data.datasets import ManifestDataset
+from drivemtl.data.io import save_depth_png
+from drivemtl.data.manifest import read_manifest
+from drivemtl.data.transforms import build_transform
+from tests.conftest import CLASSES, write_jsonl
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """A 160x96 image: a white car-box at (40, 30)-(100, 70), depth 10 m there, 50 m elsewhere,
+    no measurement (0) in the top rows."""
+    image = np.zeros((96, 160, 3), dtype=np.uint8)
+    image[30:70, 40:100] = 255
+    depth = np.full((96, 160), 50.0, dtype=np.float32)
+    depth[30:70, 40:100] = 10.0
+    depth[:10] = 0.0
+    Image.fromarray(image).save(tmp_path / "a.png")
+    save_depth_png(depth, tmp_path / "a_depth.png")
+    entry = {"image": "a.png", "boxes": [[40, 30, 100, 70, "car"]], "depth": "a_depth.png"}
+    return read_manifest(write_jsonl(tmp_path / "m.jsonl", [entry]), CLASSES)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_box_and_depth_follow_the_image(scene, train):
+    transform = build_transform((64, 96), train=train)
+    transform.set_random_seed(0)
+    dataset = ManifestDataset(scene, transform, load_depth=True)
+    flips_seen = set()
+    for _ in range(30):
+        sample = dataset[0]
+        image = sample.image.float().mean(0)  # (H, W); colour jitter keeps white bright
+        depth = sample.depth[0]
+        # Nearest-neighbour resampling: no invented values between 10 m and 50 m.
+        assert set(torch.unique(depth).tolist()) <= {0.0, 10.0, 50.0}
+        if sample.presence[1] == -1:  # the crop cut the car away: unknown, never 0
+            assert len(sample.boxes) == 0
+            continue
+        assert sample.presence.tolist() == [0, 1, 0, 0]
+        ((x1, y1, x2, y2),) = sample.boxes.tolist()
+        inner = (slice(int(y1) + 1, int(y2) - 1), slice(int(x1) + 1, int(x2) - 1))
+        assert (depth[inner] == 10.0).all()
+        assert image[inner].mean() > 3 * image[depth == 50.0].mean()
+        # The box is tight: the depth-10 region fits inside it, up to a pixel of rounding.
+        ys, xs = torch.nonzero(depth == 10.0, as_tuple=True)
+        assert xs.min() >= x1 - 1 and xs.max() <= x2 and ys.min() >= y1 - 1 and ys.max() <= y2
+        flips_seen.add(x1 + x2 < 96)  # box centre left of the middle?
+    if train:
+        assert flips_seen == {True, False}  # both flipped and unflipped samples were checked
+
+
+def test_eval_resize_scales_boxes_exactly(scene):
+    sample = ManifestDataset(scene, build_transform((48, 80), train=False))[0]
+    # 160x96 -> 80x48 halves every coordinate.
+    assert sample.boxes.tolist() == [[20.0, 15.0, 50.0, 35.0]]
+    assert sample.original_size == (96, 160)
