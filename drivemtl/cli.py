@@ -14,7 +14,6 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from drivemtl.data.datamodule import DriveDataModule
 from drivemtl.errors import DriveMTLError
@@ -88,9 +87,11 @@ class DriveCLI(LightningCLI):
     def after_test(self) -> None:
         self._finish("test", self._get(self.config, "ckpt_path") or "")
 
-    @rank_zero_only
     def _finish(self, stage: str, checkpoint: str) -> None:
+        # log_dir is a collective call under DDP: every rank must ask, only rank 0 writes.
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if not self.trainer.is_global_zero:
+            return
         report = self.model.reports.get(stage, {})
         path = write_metrics(report, run_dir / "metrics.json")
         print()

@@ -109,6 +109,6 @@ def test_metric_counts_each_sample_once_despite_padding_duplicates():
     metric.update(scores[:3], labels[:3], torch.tensor([0, 1, 2]))
     # A distributed sampler pads the last rank with repeats of the first samples.
     metric.update(torch.tensor([[0.6], [0.9]]), torch.tensor([[0], [1]]), torch.tensor([3, 0]))
-    report = metric.compute()
+    report = metric.report()
     assert report["per_class"]["a"]["labelled"] == 4
     assert report == presence_report(scores, labels, ["a"])

@@ -116,8 +116,11 @@ class PresenceMetric(Metric):
         self.scores.append(scores.detach().float())
         self.labels.append(labels.detach())
 
-    def gathered(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Deduplicated ``(index, scores, labels)``, ordered by index."""
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """Deduplicated ``(scores, labels)`` of all processes, ordered by dataset index.
+
+        torchmetrics gathers the states of every process before calling this.
+        """
         index, scores, labels = (
             torch.cat(x) if isinstance(x, list) else x
             for x in (self.index, self.scores, self.labels)
@@ -126,8 +129,9 @@ class PresenceMetric(Metric):
         index, scores, labels = index[order], scores[order], labels[order]
         first = torch.ones_like(index, dtype=torch.bool)
         first[1:] = index[1:] != index[:-1]
-        return index[first], scores[first], labels[first]
+        return scores[first], labels[first]
 
-    def compute(self) -> dict:
-        _, scores, labels = self.gathered()
-        return presence_report(scores.cpu(), labels.cpu(), self.classes)
+    def report(self, thresholds: Sequence[float] | None = None) -> dict:
+        """:func:`presence_report` over everything accumulated (all processes)."""
+        scores, labels = self.compute()
+        return presence_report(scores.cpu(), labels.cpu(), self.classes, thresholds)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drivemtl.data.batch import Batch
-from drivemtl.metrics.presence import DEFAULT_THRESHOLD, PresenceMetric, presence_report
+from drivemtl.metrics.presence import DEFAULT_THRESHOLD, PresenceMetric
 from drivemtl.tasks.base import Task
 
 
@@ -89,10 +89,8 @@ class PresenceTask(Task):
         metric.update(torch.sigmoid(output.float()), batch.presence, batch.index)
 
     def report(self, metric: PresenceMetric, head: nn.Module, choose_thresholds: bool) -> dict:
-        _, scores, labels = metric.gathered()
-        scores, labels = scores.cpu(), labels.cpu()
         thresholds = None if choose_thresholds else head.thresholds.tolist()
-        report = presence_report(scores, labels, metric.classes, thresholds)
+        report = metric.report(thresholds)
         if choose_thresholds:
             chosen = [report["per_class"][c]["threshold"] for c in metric.classes]
             head.thresholds.copy_(torch.tensor(chosen, dtype=head.thresholds.dtype))
