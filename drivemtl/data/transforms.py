@@ -16,7 +16,8 @@ BOX_PARAMS = A.BboxParams(
     # A box cut to less than a quarter of its area no longer shows its object reliably;
     # the dataset then turns that class's presence into "unknown" rather than a false 0.
     min_visibility=0.25,
-    min_area=1.0,
+    # No area limit: downscaling must not delete a small object that is still fully visible.
+    min_area=0.0,
 )
 
 
