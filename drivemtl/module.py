@@ -38,6 +38,8 @@ class MultiTaskModule(L.LightningModule):
         lr_scheduler: Scheduler class and its arguments; default: linear warm-up then cosine
             decay to zero over the whole run, stepped per batch.
         warmup_steps: Warm-up length of the default scheduler.
+        channels_last: Run convolutions in channels-last layout: with bf16 or fp16 mixed
+            precision this is what lets oneDNN (CPU, AMX) and cuDNN (tensor cores) run fast.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class MultiTaskModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 50,
+        channels_last: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -68,6 +71,8 @@ class MultiTaskModule(L.LightningModule):
         except ValueError as e:
             raise DriveMTLError(str(e)) from None
         self.net = MultiTaskNet(trunk, heads, mean, std)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict(
@@ -88,6 +93,8 @@ class MultiTaskModule(L.LightningModule):
         return f"val/{task.name}/{task.monitor}"
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
     def _losses(self, outputs: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict]:
