@@ -1,8 +1,22 @@
-"""drivemtl: multi-task learning on driving scenes with PyTorch Lightning."""
+"""drivemtl: multi-task learning on driving scenes with PyTorch Lightning.
 
-from drivemtl.data import DriveDataModule, SyntheticSplits
-from drivemtl.models import MultiTaskNet
-from drivemtl.module import MultiTaskModule
+Public names load lazily, so light commands (``drivemtl convert``) start without importing torch.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
-__all__ = ["DriveDataModule", "MultiTaskModule", "MultiTaskNet", "SyntheticSplits", "__version__"]
+
+_EXPORTS = {
+    "DriveDataModule": "drivemtl.data.datamodule",
+    "SyntheticSplits": "drivemtl.data.datamodule",
+    "MultiTaskModule": "drivemtl.module",
+    "MultiTaskNet": "drivemtl.models.net",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'drivemtl' has no attribute {name!r}")
