@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -18,6 +19,13 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from drivemtl.data.datamodule import DriveDataModule
 from drivemtl.errors import DriveMTLError
 from drivemtl.module import MultiTaskModule
+from drivemtl.prediction import (
+    PredictionWriter,
+    add_predict_arguments,
+    align_data_with_checkpoint,
+    build_writer,
+    check_predict_config,
+)
 from drivemtl.reporting import format_report, write_metrics
 
 RUN_DIR_ENV = "DRIVEMTL_RUN_DIR"
@@ -32,8 +40,33 @@ class DriveCLI(LightningCLI):
         parser.link_arguments("data.classes", "model.classes")
         parser.link_arguments("data.image_size", "model.image_size")
 
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        # LightningCLI has no per-subcommand hook; the output options belong to predict only.
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            add_predict_arguments(parser)
+        return parser
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then let a ``--ckpt_path`` supply the data section's classes and image size.
+
+        Lightning then reads the model's hyperparameters from the checkpoint; the linked
+        ``model.classes`` / ``model.image_size`` follow the data section, so it must agree.
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        section = self.config[subcommand]
+        defaults = self._subcommand_parsers[subcommand].get_defaults()
+        align_data_with_checkpoint(section, defaults)
+        if subcommand == "predict":
+            check_predict_config(section)  # before any model is built
+
     def _run_dir(self) -> Path:
         given = self._get(self.config, "trainer.default_root_dir")
+        if self.subcommand == "predict":
+            given = self._get(self.config, "output_dir") or given
         if given:
             return Path(given)
         if RUN_DIR_ENV not in os.environ:
@@ -44,7 +77,14 @@ class DriveCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         run_dir = self._run_dir()
         kwargs["default_root_dir"] = str(run_dir)
-        if self._get(self.config_init, "trainer.logger") in (None, True):
+        if self.subcommand == "predict":
+            # Predicting logs and saves nothing: keep the output folder to the outputs.
+            kwargs["enable_checkpointing"] = False
+            if self._get(self.config_init, "trainer.logger") is None:
+                kwargs["logger"] = False
+            if self._get(self.config_init, "trainer.devices") == "auto":
+                kwargs["devices"] = 1  # one process writes one predictions.jsonl
+        elif self._get(self.config_init, "trainer.logger") in (None, True):
             # name="" and version="": logs, config.yaml and checkpoints/ land in the run folder.
             kwargs["logger"] = [
                 CSVLogger(run_dir, name="", version=""),
@@ -87,6 +127,29 @@ class DriveCLI(LightningCLI):
     def after_test(self) -> None:
         self._finish("test", self._get(self.config, "ckpt_path") or "")
 
+    def before_predict(self) -> None:
+        writer = build_writer(self.config[self.subcommand], self.trainer.default_root_dir)
+        self.trainer.callbacks.append(writer)
+
+    def predict(self, model, datamodule, return_predictions=None, **kwargs) -> None:
+        """Run prediction; the writer streams every batch to disk, so nothing is returned
+        (returned predictions would hold the whole folder's results in memory)."""
+        with warnings.catch_warnings():
+            # Checkpointing is off while predicting; the checkpoint's callback state is moot.
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
+            self.trainer.predict(model, datamodule=datamodule, return_predictions=False, **kwargs)
+
+    def after_predict(self) -> None:
+        """Print the closing summary; fail only when no image has a prediction."""
+        writer = next(c for c in self.trainer.callbacks if isinstance(c, PredictionWriter))
+        print()
+        print(writer.summary())
+        if writer.total_predicted() == 0:
+            raise DriveMTLError(
+                f"No image could be read: all {writer.stats.failed} failed "
+                f"(reasons in {writer.errors_path})."
+            )
+
     def _finish(self, stage: str, checkpoint: str) -> None:
         # log_dir is a collective call under DDP: every rank must ask, only rank 0 writes.
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
@@ -126,7 +189,8 @@ def main(args: list[str] | None = None) -> int:
             from drivemtl.evaluation import main as evaluate
 
             return evaluate(argv[1:])
-        run_lightning(argv)
+        # None lets LightningCLI read sys.argv itself (and not warn about being given both).
+        run_lightning(None if args is None else argv)
     except DriveMTLError as e:
         print(f"drivemtl: error: {e}", file=sys.stderr)
         return 2

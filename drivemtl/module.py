@@ -128,19 +128,17 @@ class MultiTaskModule(L.LightningModule):
     def _eval_epoch_end(self, stage: str) -> None:
         # Thresholds are chosen on validation data and only applied on test data.
         choose = stage == "val" and not self.trainer.sanity_checking
-        report = {}
+        report, scalars = {}, {}
         for name, task in self.tasks.items():
             metric = self.metrics[stage][name]
             report[name] = task.report(metric, self.net.heads[name], choose_thresholds=choose)
             metric.reset()
-            for key, value in task.scalars(report[name]).items():
-                self.log(f"{stage}/{key}", value, sync_dist=True)
-        monitor = self.monitor.split("/", 1)[1]
-        if stage == "val" and monitor not in {
-            k for t in self.tasks.values() for k in t.scalars(report[t.name])
-        }:
+            scalars.update(task.scalars(report[name]))
+        if stage == "val":
             # Undefined (no labelled positive): logged as NaN, never as a fake 0.
-            self.log(self.monitor, math.nan, sync_dist=True)
+            scalars.setdefault(self.monitor.split("/", 1)[1], math.nan)
+        for key, value in scalars.items():
+            self.log(f"{stage}/{key}", value, sync_dist=True)
         self.reports[stage] = report
 
     def on_validation_epoch_end(self) -> None:

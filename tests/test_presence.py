@@ -58,7 +58,8 @@ CLASSES = ["a", "b", "c", "d"]
 
 def test_report_against_hand_values():
     # Class a: scores 0.9 0.8 0.7 0.6 with labels 1 0 1 0; the two unknown rows score high and
-    # must be ignored. AP = 1/2 * 1 + 1/2 * 2/3. Best F1 at threshold 0.7: TP 2, FP 1, FN 0.
+    # must be ignored. AP = 1/2 * 1 + 1/2 * 2/3. Best F1 predicting scores >= 0.7 positive
+    # (TP 2, FP 1, FN 0); the threshold sits halfway to the next score down, 0.6.
     # Class b: a tie. Scores 0.9 0.8 0.8 0.1, labels 1 1 0 0: AP = 1/2 * 1 + 1/2 * 2/3.
     # Class c: labelled but no positive -> AP, F1, recall undefined.
     # Class d: all unknown.
@@ -78,12 +79,12 @@ def test_report_against_hand_values():
     report = presence_report(scores, labels, CLASSES)
     a, b, c, d = (report["per_class"][k] for k in CLASSES)
     assert a["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
-    assert a["threshold"] == pytest.approx(0.7)
+    assert a["threshold"] == pytest.approx(0.65)
     assert (a["f1"], a["precision"], a["recall"]) == pytest.approx((0.8, 2 / 3, 1.0))
     assert (a["positives"], a["labelled"], a["unknown"]) == (2, 4, 2)
     assert b["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
-    # F1 at 0.9: 2/3; at 0.8 (the tie): TP 2, FP 1 -> 0.8. Best is the tie's threshold.
-    assert b["threshold"] == pytest.approx(0.8) and b["f1"] == pytest.approx(0.8)
+    # F1 at 0.9: 2/3; at 0.8 (the tie): TP 2, FP 1 -> 0.8. Best is the tie, halfway to 0.1.
+    assert b["threshold"] == pytest.approx(0.45) and b["f1"] == pytest.approx(0.8)
     assert c["ap"] is None and c["f1"] is None and c["recall"] is None
     assert c["positives"] == 0 and c["labelled"] == 4
     # Default threshold 0.5 predicts one false positive (0.6): precision 0 is defined.

@@ -17,9 +17,11 @@ from drivemtl.data.batch import collate
 from drivemtl.data.datasets import (
     ImageFolderDataset,
     ManifestDataset,
+    collate_images,
     find_images,
     seed_worker_transform,
 )
+from drivemtl.data.io import IMAGE_EXTENSIONS
 from drivemtl.data.labels import DEFAULT_CLASSES
 from drivemtl.data.manifest import Record, read_manifest
 from drivemtl.data.transforms import build_transform
@@ -40,6 +42,8 @@ class SyntheticSplits:
         width: Rendered image width.
         height: Rendered image height.
         dropout: Per-class rate at which a label is hidden as ``?`` in the training split.
+        min_object_size: Smallest labelled object, as a fraction of the image height; smaller
+            ones are not placed. Objects a few pixels tall carry no visible evidence.
     """
 
     train: int = 2000
@@ -49,6 +53,7 @@ class SyntheticSplits:
     width: int = 320
     height: int = 192
     dropout: dict[str, float] = field(default_factory=dict)
+    min_object_size: float = 14.0 / 384.0
 
 
 def default_cache_dir() -> Path:
@@ -123,8 +128,8 @@ class DriveDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Generate the synthetic set once (rank 0 only; other ranks wait in ``setup``)."""
-        if not self.use_synthetic:
-            return
+        if not self.use_synthetic or (self.trainer is not None and self.trainer.predicting):
+            return  # predict reads an image folder: nothing to generate
         from drivemtl.data.synthetic import SyntheticConfig, generate_dataset
 
         root = self.synthetic_dir()
@@ -137,7 +142,9 @@ class DriveDataModule(L.LightningDataModule):
             partial = root / f".{split}.partial"
             shutil.rmtree(partial, ignore_errors=True)
             dropout = s.dropout if split == "train" else {}
-            config = SyntheticConfig(width=s.width, height=s.height, dropout=dropout)
+            config = SyntheticConfig(
+                width=s.width, height=s.height, dropout=dropout, min_box_frac=s.min_object_size
+            )
             print(f"Generating {getattr(s, split)} synthetic {split} images into {target}")
             generate_dataset(
                 partial,
@@ -184,10 +191,14 @@ class DriveDataModule(L.LightningDataModule):
         if stage == "predict":
             if not self.hparams.predict_dir:
                 raise DriveMTLError("No images to predict: give --data.predict_dir DIR.")
+            images = find_images(self.hparams.predict_dir)
+            if not images:
+                raise DriveMTLError(
+                    f"No images in {self.hparams.predict_dir} (searched recursively for "
+                    f"{', '.join(IMAGE_EXTENSIONS)} in any letter case)."
+                )
             self.datasets["predict"] = ImageFolderDataset(
-                find_images(self.hparams.predict_dir),
-                build_transform(self.image_size, train=False),
-                len(self.classes),
+                images, build_transform(self.image_size, train=False), len(self.classes)
             )
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
@@ -216,7 +227,16 @@ class DriveDataModule(L.LightningDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+        # collate_images keeps each unreadable file's reason for errors.jsonl.
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.datasets["predict"],
+            batch_size=self.hparams.batch_size,
+            num_workers=workers,
+            collate_fn=collate_images,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=seed_worker_transform if workers > 0 else None,
+        )
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from drivemtl.data.batch import Sample
+from drivemtl.data.batch import Batch, Sample, collate
 from drivemtl.data.io import IMAGE_EXTENSIONS, load_depth, load_rgb
 from drivemtl.data.labels import POSITIVE, UNKNOWN
 from drivemtl.data.manifest import Record
@@ -114,8 +116,43 @@ def find_images(root: str | Path) -> list[Path]:
     return sorted(found)
 
 
+@dataclass
+class ImageSample(Sample):
+    """A predict-time sample; ``error`` says why the file could not be used (``None``: fine)."""
+
+    error: str | None = None
+
+
+@dataclass
+class ImageBatch(Batch):
+    """A predict-time batch; ``errors[i]`` is the reason image i failed, or ``None``."""
+
+    errors: list[str | None] = field(default_factory=list)
+
+
+def collate_images(samples: list[ImageSample]) -> ImageBatch:
+    """:func:`collate`, keeping each image's error so the writer can route it to errors.jsonl."""
+    batch = collate(samples)
+    errors = [getattr(s, "error", None) for s in samples]
+    return ImageBatch(**{f.name: getattr(batch, f.name) for f in fields(batch)}, errors=errors)
+
+
+def _read_error(path: str, error: Exception) -> str:
+    """A short reason for ``errors.jsonl``; an empty file says so rather than 'cannot identify'."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    except OSError:
+        pass
+    return f"{type(error).__name__}: {error}"
+
+
 class ImageFolderDataset(Dataset):
     """Unlabelled images for prediction; presence is all unknown.
+
+    A file that cannot be decoded does not raise: it yields a placeholder image with
+    ``error`` set, so one bad frame never stops a DataLoader worker (and the run) and the
+    reason reaches ``errors.jsonl``.
 
     Args:
         images: Image paths.
@@ -123,32 +160,50 @@ class ImageFolderDataset(Dataset):
         num_classes: Length of the (unknown) presence vector.
     """
 
-    def __init__(self, images: Sequence[Path], transform: A.Compose, num_classes: int):
-        self.images = list(images)
+    def __init__(self, images: Sequence[str | Path], transform: A.Compose, num_classes: int):
+        # Plain strings: a Path costs several times its text, and folders hold millions of frames.
+        self.images = [str(p) for p in images]
         self.transform = transform
         self.num_classes = num_classes
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int) -> ImageSample:
         path = self.images[index]
-        image = load_rgb(path)
-        out = self.transform(image=image, bboxes=np.zeros((0, 4)), box_labels=[], box_ids=[])
-        return Sample(
+        presence = torch.full((self.num_classes,), UNKNOWN, dtype=torch.long)
+        try:
+            image = load_rgb(path)
+            out = self.transform(image=image, bboxes=np.zeros((0, 4)), box_labels=[], box_ids=[])
+        except Exception as e:  # any decoder failure is one bad file, not a crash of the run
+            # The transform on a 1x1 black image gives a placeholder of the network's input size.
+            blank = np.zeros((1, 1, 3), dtype=np.uint8)
+            out = self.transform(image=blank, bboxes=np.zeros((0, 4)), box_labels=[], box_ids=[])
+            return ImageSample(
+                image=_as_tensor_image(out["image"]),
+                presence=presence,
+                index=index,
+                path=path,
+                original_size=(0, 0),
+                error=_read_error(path, e),
+            )
+        return ImageSample(
             image=_as_tensor_image(out["image"]),
-            presence=torch.full((self.num_classes,), UNKNOWN, dtype=torch.long),
+            presence=presence,
             index=index,
-            path=str(path),
+            path=path,
             original_size=image.shape[:2],
         )
 
 
 def seed_worker_transform(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker its own augmentation stream.
+    """DataLoader ``worker_init_fn``: one OpenCV thread, and an augmentation stream per worker.
 
-    Albumentations keeps its own generator, which forked workers would otherwise share.
+    Each worker already is a parallel lane: OpenCV's own thread pool inside it would only fight
+    the training process for cores. Albumentations keeps its own generator, which forked
+    workers would otherwise share.
     """
+    cv2.setNumThreads(0)
     info = get_worker_info()
     transform = getattr(info.dataset, "transform", None)
     if transform is not None:

@@ -22,6 +22,10 @@ DEFAULT_THRESHOLD = 0.5
 def best_f1_threshold(scores: Tensor, labels: Tensor) -> float:
     """The score threshold that maximises F1 (predict positive when ``score >= threshold``).
 
+    The threshold sits halfway between the lowest score that must be positive and the next
+    lower score, so a tiny change in a score (another batch size, another device) does not flip
+    an image that sits exactly on it.
+
     Args:
         scores: Probabilities of labelled entries, shape (N,).
         labels: 0/1 labels of the same entries.
@@ -32,10 +36,12 @@ def best_f1_threshold(scores: Tensor, labels: Tensor) -> float:
     if labels.sum() == 0:
         return DEFAULT_THRESHOLD
     precision, recall, thresholds = binary_precision_recall_curve(scores, labels.long())
-    # The last precision/recall pair (1, 0) has no threshold.
+    # The last precision/recall pair (1, 0) has no threshold; thresholds ascend.
     p, r = precision[:-1], recall[:-1]
     f1 = torch.where(p + r > 0, 2 * p * r / (p + r), torch.zeros_like(p))
-    return float(thresholds[int(torch.argmax(f1))])
+    best = int(torch.argmax(f1))
+    below = float(thresholds[best - 1]) if best > 0 else 0.0
+    return (float(thresholds[best]) + below) / 2
 
 
 def _ratio(num: int, den: int) -> float | None:

@@ -21,7 +21,7 @@ def build_tasks(spec: Mapping[str, Mapping | None]) -> dict[str, Task]:
             raise DriveMTLError(f"Unknown task {name!r} in model.tasks; known: {sorted(TASKS)}.")
         try:
             tasks[name] = TASKS[name](**(options or {}))
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise DriveMTLError(f"Bad options for task {name!r}: {e}") from None
     return tasks
 

@@ -37,22 +37,30 @@ def masked_bce(
 
 
 class PresenceHead(nn.Module):
-    """Average and max pooling of the last feature map, then one logit per class.
+    """Average and max pooling of the last feature maps, then one logit per class.
 
-    Max pooling keeps a small object's evidence that averaging over the image would dilute.
+    Max pooling keeps a small object's evidence that averaging over the image would dilute, and
+    the stride-16 map resolves objects a few pixels tall that the stride-32 map blurs away.
     The per-class decision thresholds live here as a buffer, so checkpoints carry them.
+
+    Args:
+        in_channels: Channels of the pooled feature maps (the last ``len(in_channels)`` stages).
+        num_classes: Number of logits.
+        dropout: Dropout before the classifier.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.2):
+    def __init__(self, in_channels: Sequence[int], num_classes: int, dropout: float = 0.2):
         super().__init__()
+        self.num_stages = len(in_channels)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(2 * in_channels, num_classes)
+        self.fc = nn.Linear(2 * sum(in_channels), num_classes)
         self.register_buffer("thresholds", torch.full((num_classes,), DEFAULT_THRESHOLD))
 
     def forward(self, features: list[Tensor]) -> Tensor:
-        x = features[-1]
-        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
-        return self.fc(self.dropout(pooled))
+        pooled = []
+        for x in features[-self.num_stages :]:
+            pooled += [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
+        return self.fc(self.dropout(torch.cat(pooled, dim=1)))
 
 
 class PresenceTask(Task):
@@ -62,21 +70,27 @@ class PresenceTask(Task):
         pos_weight: Optional weight of positive labels per class (same order as the classes),
             for rare classes.
         dropout: Dropout before the classifier.
+        stages: How many of the last backbone stages the head pools (1: stride 32 only).
     """
 
     name = "presence"
     monitor = "map"
 
-    def __init__(self, pos_weight: Sequence[float] | None = None, dropout: float = 0.2):
+    def __init__(
+        self, pos_weight: Sequence[float] | None = None, dropout: float = 0.2, stages: int = 2
+    ):
+        if not 1 <= stages <= 4:
+            raise ValueError(f"presence stages must be 1 to 4, got {stages}")
         self.pos_weight = None if pos_weight is None else torch.tensor(pos_weight)
         self.dropout = dropout
+        self.stages = stages
 
     def build_head(self, channels: Sequence[int], classes: Sequence[str]) -> nn.Module:
         if self.pos_weight is not None and len(self.pos_weight) != len(classes):
             raise ValueError(
                 f"presence pos_weight has {len(self.pos_weight)} values for {len(classes)} classes"
             )
-        return PresenceHead(channels[-1], len(classes), self.dropout)
+        return PresenceHead(channels[-self.stages :], len(classes), self.dropout)
 
     def loss(self, output: Tensor, batch: Batch) -> tuple[Tensor, int]:
         weight = None if self.pos_weight is None else self.pos_weight.to(output.device)

@@ -1,0 +1,81 @@
+"""``drivemtl evaluate --predictions P --manifest M --output_dir E``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from drivemtl.errors import DriveMTLError
+from drivemtl.evaluation.evaluate import evaluate
+from drivemtl.evaluation.report import matching_lines
+from drivemtl.reporting import presence_table
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``evaluate`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="drivemtl evaluate",
+        description="Evaluate a predictions.jsonl (from drivemtl predict or any system writing "
+        "the same format) against a manifest: per-class AP, F1, precision, recall; '?' "
+        "labels are excluded per class.",
+    )
+    parser.add_argument("--predictions", type=Path, required=True, help="predictions.jsonl")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="CSV or JSONL manifest(s) with the labels (several are concatenated)",
+    )
+    parser.add_argument(
+        "--output_dir",
+        "--output-dir",
+        type=Path,
+        help="folder for metrics.json, matching.json, report.md and plots "
+        "(default: PREDICTIONS_FOLDER/evaluation)",
+    )
+    parser.add_argument(
+        "--classes",
+        type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+        metavar="A,B,...",
+        help="evaluate these classes only (default: every class in the predictions)",
+    )
+    parser.add_argument(
+        "--images_root",
+        "--images-root",
+        type=Path,
+        help="the folder that was predicted, when prediction paths and manifest paths need "
+        "it to match (default: from run.json beside the predictions)",
+    )
+    parser.add_argument("--no_plots", "--no-plots", action="store_true", help="skip the PNGs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``drivemtl evaluate``; returns the exit status (2 for bad input)."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    output_dir = args.output_dir or args.predictions.parent / "evaluation"
+    try:
+        result = evaluate(
+            args.predictions,
+            args.manifest,
+            output_dir,
+            classes=args.classes,
+            images_root=args.images_root,
+            plots=not args.no_plots,
+        )
+    except DriveMTLError as e:
+        print(f"drivemtl: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("\n".join(matching_lines(result.matching)))
+    print()
+    print("presence")
+    print(presence_table(result.report["presence"]))
+    print()
+    print(f"Metrics: {result.output_dir / 'metrics.json'}")
+    print(f"Report:  {result.output_dir / 'report.md'}")
+    return 0

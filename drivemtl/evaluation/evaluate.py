@@ -1,0 +1,223 @@
+"""``drivemtl evaluate``: a predictions file against a manifest, per class."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from drivemtl.data.manifest import Record, read_manifest
+from drivemtl.errors import DriveMTLError
+from drivemtl.evaluation.matching import MatchResult, manifest_image, match_images
+from drivemtl.evaluation.metrics import decision_threshold, presence_metrics, stack_labels
+from drivemtl.evaluation.plots import plot_ap_f1, plot_pr_curve, safe_name
+from drivemtl.evaluation.predictions import Predictions, read_predictions
+from drivemtl.evaluation.report import write_report
+from drivemtl.prediction.files import write_json
+from drivemtl.reporting import write_metrics
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` computed and wrote.
+
+    Attributes:
+        report: The ``metrics.json`` content (``{"presence": {...}}``).
+        matching: The ``matching.json`` content (counts and unmatched names).
+        output_dir: Where the files are.
+    """
+
+    report: dict
+    matching: dict
+    output_dir: Path
+
+
+def manifest_classes(path: str | Path) -> list[str]:
+    """Class names a manifest mentions (CSV header; JSONL presence keys and box classes).
+
+    Malformed lines are skipped here; :func:`read_manifest` reports them afterwards.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DriveMTLError(f"Manifest not found: {path}")
+    names: dict[str, None] = {}
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        return [h.strip() for h in header[1:] if h.strip()]
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            if isinstance(obj.get("presence"), dict):
+                names.update(dict.fromkeys(str(k) for k in obj["presence"]))
+            for box in obj.get("boxes") or []:
+                if isinstance(box, list) and len(box) >= 5 and isinstance(box[4], str):
+                    names[box[4]] = None
+    return list(names)
+
+
+def _read_manifests(paths: Sequence[Path], classes: list[str]) -> tuple[list, list, list]:
+    """Records, their match descriptions and duplicate entries (same file listed again)."""
+    records: list[Record] = []
+    images = []
+    duplicates = []
+    seen: set[tuple[str, ...]] = set()
+    for path in paths:
+        for record in read_manifest(path, classes, check_files=False):
+            item = manifest_image(record.image, path.parent)
+            if item.absolute in seen:
+                duplicates.append(item.display)
+                continue
+            seen.add(item.absolute)
+            records.append(record)
+            images.append(item)
+    return records, images, duplicates
+
+
+def evaluate(
+    predictions: str | Path,
+    manifests: str | Path | Sequence[str | Path],
+    output_dir: str | Path,
+    classes: Sequence[str] | None = None,
+    images_root: str | Path | None = None,
+    plots: bool = True,
+) -> Evaluation:
+    """Match predictions to manifest images and write metrics, a report and plots.
+
+    Args:
+        predictions: A ``predictions.jsonl`` in the contract format.
+        manifests: One or more CSV / JSONL manifests (concatenated).
+        output_dir: Folder for ``metrics.json``, ``matching.json``, ``report.md`` and plots.
+        classes: Classes to evaluate (default: all classes of the predictions).
+        images_root: The folder the prediction paths are relative to; default: the
+            ``predict_dir`` recorded in ``run.json`` beside the predictions, if any.
+        plots: Write the PNG plots.
+
+    Raises:
+        DriveMTLError: For unreadable inputs, unknown classes, or no image matched.
+    """
+    preds = read_predictions(predictions)
+    manifest_paths = [
+        Path(m) for m in ([manifests] if isinstance(manifests, (str, Path)) else manifests)
+    ]
+    if not manifest_paths:
+        raise DriveMTLError("Give at least one --manifest.")
+    classes = list(classes or preds.classes)
+    missing = [c for c in classes if c not in preds.classes]
+    if missing:
+        raise DriveMTLError(
+            f"Class(es) {missing} are not in {preds.path}; its classes are {preds.classes}."
+        )
+    named = []
+    for path in manifest_paths:
+        named.extend(c for c in manifest_classes(path) if c not in named)
+    # Read the manifest with every class it names, so one that predictions lack is no error.
+    all_classes = preds.classes + [c for c in named if c not in preds.classes]
+    records, images, manifest_duplicates = _read_manifests(manifest_paths, all_classes)
+
+    root = images_root or preds.run_info.get("predict_dir")
+    matched = match_images(preds.images, images, root)
+    if not matched.pairs:
+        raise DriveMTLError(
+            f"No prediction matched a manifest image: e.g. prediction {preds.images[0]!r}, "
+            f"manifest {images[0].display!r}. Give --images_root (the folder that was "
+            "predicted) if the two name images from different folders."
+        )
+
+    p_index = [p for p, _ in matched.pairs]
+    r_index = [r for _, r in matched.pairs]
+    columns = [preds.classes.index(c) for c in classes]
+    scores = preds.scores[p_index][:, columns]
+    present = preds.present[p_index][:, columns]
+    label_columns = [
+        all_classes.index(c) if c in named else None  # a class the manifest never names is ?
+        for c in classes
+    ]
+    labels = stack_labels([records[r].presence for r in r_index], label_columns)
+
+    stated = preds.run_info.get("thresholds")
+    stated = stated if isinstance(stated, dict) else {}
+    thresholds = {}
+    for c in classes:
+        value = stated.get(c)
+        column = preds.classes.index(c)
+        # Over every line of the file: the threshold describes the producing system.
+        thresholds[c] = decision_threshold(
+            preds.scores[:, column],
+            preds.present[:, column],
+            float(value) if isinstance(value, (int, float)) else None,
+        )
+    report = {"presence": presence_metrics(scores, present, labels, classes, thresholds)}
+    matching = _matching_summary(
+        preds, manifest_paths, images, matched, manifest_duplicates, named, classes, root
+    )
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics(report, out / "metrics.json")
+    write_json(out / "matching.json", matching)
+    figures = {}  # caption -> PNG, in report order
+    if plots:
+        per_class = report["presence"]["per_class"]
+        figures["AP and F1 per class"] = plot_ap_f1(per_class, out / "ap_f1.png", classes)
+        for c, name in enumerate(classes):
+            figures[f"precision-recall curve of {name}"] = plot_pr_curve(
+                scores[:, c],
+                labels[:, c],
+                per_class[name],
+                name,
+                out / "pr_curves" / f"{safe_name(name)}.png",
+            )
+    write_report(out / "report.md", report, matching, figures, out)
+    return Evaluation(report=report, matching=matching, output_dir=out)
+
+
+def _matching_summary(
+    preds: Predictions,
+    manifest_paths: list[Path],
+    images: list,
+    matched: MatchResult,
+    manifest_duplicates: list[str],
+    named: list[str],
+    classes: list[str],
+    root,
+) -> dict:
+    unmatched_manifest = [images[i].display for i in matched.unmatched_manifest]
+    # Of the manifest images without a prediction, those predict could not read.
+    failed = 0
+    if preds.errors and matched.unmatched_manifest:
+        sub = [images[i] for i in matched.unmatched_manifest]
+        failed = len(match_images(preds.errors, sub, root).pairs)
+    return {
+        "predictions": str(preds.path),
+        "manifests": [str(p) for p in manifest_paths],
+        "images_root": str(root) if root else None,
+        "prediction_images": len(preds.images),
+        "manifest_images": len(images),
+        "matched": len(matched.pairs),
+        "matched_by": matched.by_rule,
+        "predictions_without_manifest_entry": len(matched.unmatched_predictions),
+        "ambiguous_predictions": len(matched.ambiguous_predictions),
+        "predictions_for_an_already_matched_entry": len(matched.taken_predictions),
+        "duplicate_prediction_lines": len(preds.duplicates),
+        "duplicate_manifest_entries": len(manifest_duplicates),
+        "manifest_images_without_prediction": len(unmatched_manifest),
+        "of_which_unreadable_at_predict": failed,
+        "manifest_classes_not_predicted": [c for c in named if c not in preds.classes],
+        "evaluated_classes_not_in_manifest": [c for c in classes if c not in named],
+        "lists": {
+            "predictions_without_manifest_entry": matched.unmatched_predictions,
+            "ambiguous_predictions": matched.ambiguous_predictions,
+            "predictions_for_an_already_matched_entry": matched.taken_predictions,
+            "duplicate_prediction_lines": preds.duplicates,
+            "duplicate_manifest_entries": manifest_duplicates,
+            "manifest_images_without_prediction": unmatched_manifest,
+        },
+    }

@@ -1,0 +1,129 @@
+"""``report.md`` and the terminal summary of an evaluation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from drivemtl.reporting import PRESENCE_COLUMNS
+
+LISTED = 10
+"""How many names of each unmatched kind the terminal and report.md show (matching.json: all)."""
+
+DEFINITIONS = """\
+## Definitions
+
+- Images are matched to manifest entries first as the same file (prediction path under the
+  predicted folder), then by file name, choosing the manifest path that shares the longest
+  trailing part with the prediction's (a tie is ambiguous); see `matching.json`. Unmatched
+  images on either side are counted above, not scored.
+- Per class, only images where the class is labelled `1` or `0` count; `?` is excluded
+  (`unknown`). `labelled` = `1` + `0` entries, `positives` = `1` entries.
+- **AP**: average precision from the probabilities (area under the precision-recall step
+  curve, ties in score grouped, as torchmetrics computes it); `null` without a positive.
+- **F1, precision, recall**: from the decisions in `present` (the producing system's
+  thresholds). F1 and recall are `null` without a positive; precision is `null` when the
+  class is never decided present.
+- **threshold**: the decision threshold the producing run recorded (`run.json`) when the
+  decisions follow it; else the smallest probability among images decided present, when
+  every image at or above it is decided present; else `null`.
+- `null` in `metrics.json` (shown as `-`) means undefined, never 0.
+"""
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def markdown_table(section: dict) -> str:
+    """The per-class presence table in Markdown."""
+    head = ["class", *PRESENCE_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(PRESENCE_COLUMNS) + "|"]
+    for name, metrics in section["per_class"].items():
+        cells = [_cell(metrics.get(k)) for k in PRESENCE_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    blanks = " |" * (len(PRESENCE_COLUMNS) - 1)
+    lines.append(f"| **macro mAP** | **{_cell(section.get('map'))}** |{blanks}")
+    return "\n".join(lines)
+
+
+def matching_lines(matching: dict) -> list[str]:
+    """Short human-readable lines about matching, for the terminal and report.md."""
+    by = ", ".join(f"{n} by {rule}" for rule, n in matching["matched_by"].items() if n)
+    lines = [
+        f"Matched {matching['matched']} of {matching['prediction_images']} prediction images "
+        f"and {matching['manifest_images']} manifest images ({by or 'none'})."
+    ]
+    notes = {
+        "manifest_images_without_prediction": "manifest image(s) without a prediction "
+        "(not in the metrics)",
+        "predictions_without_manifest_entry": "prediction(s) without a manifest entry",
+        "ambiguous_predictions": "prediction(s) matching several manifest entries equally "
+        "(left out; give --images_root)",
+        "predictions_for_an_already_matched_entry": "prediction(s) for a manifest entry "
+        "already matched (left out)",
+        "duplicate_prediction_lines": "repeated prediction line(s) (the first counts)",
+        "duplicate_manifest_entries": "repeated manifest entries (the first counts)",
+    }
+    for key, text in notes.items():
+        count = matching[key]
+        if not count:
+            continue
+        names = matching["lists"][key][:LISTED]
+        more = f", ... ({count - len(names)} more)" if count > len(names) else ""
+        unreadable = matching["of_which_unreadable_at_predict"]
+        extra = ""
+        if key == "manifest_images_without_prediction" and unreadable:
+            extra = f"; {unreadable} of them were unreadable at predict time (errors.jsonl)"
+        lines.append(f"WARNING: {count} {text}{extra}: {', '.join(names)}{more}")
+    if matching["manifest_classes_not_predicted"]:
+        lines.append(
+            "Manifest classes with no prediction (not evaluated): "
+            + ", ".join(matching["manifest_classes_not_predicted"])
+        )
+    if matching["evaluated_classes_not_in_manifest"]:
+        lines.append(
+            "Classes the manifest never labels (all '?'): "
+            + ", ".join(matching["evaluated_classes_not_in_manifest"])
+        )
+    return lines
+
+
+def write_report(
+    path: Path, report: dict, matching: dict, figures: dict[str, Path], out_dir: Path
+) -> Path:
+    """Write ``report.md``: inputs, matching, the per-class table, plots, definitions.
+
+    Args:
+        path: The file to write.
+        report: The ``metrics.json`` content.
+        matching: The ``matching.json`` content.
+        figures: ``{caption: PNG path}`` in display order.
+        out_dir: The folder links are made relative to.
+    """
+
+    def link(target: Path) -> str:
+        return Path(os.path.relpath(target, out_dir)).as_posix()
+
+    parts = [
+        "# Presence evaluation",
+        "",
+        f"- Predictions: `{matching['predictions']}`",
+        f"- Manifest(s): {', '.join(f'`{m}`' for m in matching['manifests'])}",
+    ]
+    if matching.get("images_root"):
+        parts.append(f"- Predicted folder: `{matching['images_root']}`")
+    parts += ["", "## Matching", ""]
+    parts += [f"- {line}" for line in matching_lines(matching)]
+    parts += ["", "## Per class", "", markdown_table(report["presence"]), ""]
+    if figures:
+        parts += ["## Plots", ""]
+        for caption, figure in figures.items():
+            parts += [f"![{caption}]({link(figure)})", ""]
+    parts.append(DEFINITIONS)
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,81 @@
+"""What a checkpoint says about the data it was trained on, applied to the CLI's data section.
+
+LightningCLI reads the model's hyperparameters from ``--ckpt_path``, but ``model.classes`` and
+``model.image_size`` are link targets of ``data.classes`` / ``data.image_size``: without this
+step the data defaults would overwrite a checkpoint trained on other classes, and loading its
+weights would fail (or, with as many classes, silently mislabel them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from drivemtl.errors import DriveMTLError
+
+LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
+"""``ckpt_path`` values that Lightning resolves to a file itself."""
+
+
+def read_checkpoint_hparams(path: str | Path) -> dict[str, Any]:
+    """The model and datamodule hyperparameters stored in a Lightning checkpoint.
+
+    Returns:
+        ``{"model": {...}, "data": {...}}`` (``data`` is empty when the checkpoint has none).
+
+    Raises:
+        DriveMTLError: When the file is missing, unreadable, or not a drivemtl checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DriveMTLError(f"Checkpoint not found: {path}")
+    try:
+        try:
+            # mmap: only the small hyperparameter dicts are read, not the weights.
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) file cannot be mapped: read it whole
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged or foreign file
+        raise DriveMTLError(f"Cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise DriveMTLError(f"{path} is not a Lightning checkpoint (no 'state_dict').")
+    model = dict(ckpt.get("hyper_parameters") or {})
+    if "classes" not in model:
+        raise DriveMTLError(
+            f"{path} has no class list in its hyperparameters: it was not written by drivemtl fit."
+        )
+    return {"model": model, "data": dict(ckpt.get("datamodule_hyper_parameters") or {})}
+
+
+def align_data_with_checkpoint(section: Any, defaults: Any) -> None:
+    """Take ``data.classes`` and ``data.image_size`` from ``section.ckpt_path`` when not given.
+
+    A value counts as given when it differs from the parser default. The class list must
+    match the checkpoint's (its head has one output per class, in order); the input size may
+    differ (a fully convolutional trunk with global pooling runs at any size).
+
+    Args:
+        section: The parsed config of the subcommand (``ckpt_path`` and ``data``), edited here.
+        defaults: The parser defaults of the same subcommand.
+
+    Raises:
+        DriveMTLError: For an unusable checkpoint, or classes that differ from it.
+    """
+    ckpt_path = section.get("ckpt_path")
+    if not ckpt_path or str(ckpt_path) in LIGHTNING_CKPT_NAMES or "://" in str(ckpt_path):
+        return  # Lightning resolves these itself (no local file to read here)
+    hparams = read_checkpoint_hparams(ckpt_path)
+    model, data = hparams["model"], hparams["data"]
+    classes = list(model["classes"])
+    given = list(section.data.classes)
+    if given != list(defaults.data.classes) and given != classes:
+        raise DriveMTLError(
+            f"data.classes {given} differ from the classes the checkpoint {ckpt_path} was "
+            f"trained on, {classes}. Leave data.classes out to use the checkpoint's."
+        )
+    section.data.classes = classes
+    size = model.get("image_size") or data.get("image_size")
+    if size and tuple(section.data.image_size) == tuple(defaults.data.image_size):
+        section.data.image_size = tuple(int(v) for v in size)

@@ -1,0 +1,110 @@
+"""The ``drivemtl predict`` options beyond LightningCLI's, and the writer they configure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ActionYesNo
+
+from drivemtl.errors import DriveMTLError
+from drivemtl.prediction.thresholds import ThresholdSpec, parse_thresholds
+from drivemtl.prediction.writer import PredictionWriter
+
+OPTION_KEYS = (
+    "output_dir",
+    "thresholds",
+    "overlays",
+    "overlay_max_side",
+    "csv",
+    "resume",
+    "overwrite",
+)
+
+
+def add_predict_arguments(parser: Any) -> None:
+    """Add the output options to the ``predict`` subcommand's parser."""
+    group = parser.add_argument_group("Prediction output (drivemtl)")
+    group.add_argument(
+        "--output_dir",
+        type=str | None,
+        default=None,
+        help="Folder for predictions.jsonl, errors.jsonl, run.json, overlays/ and "
+        "config.yaml (default: the run folder, runs/predict-<time>).",
+    )
+    group.add_argument(
+        "--thresholds",
+        type=ThresholdSpec,
+        default=None,
+        help="Override the checkpoint's decision thresholds per class: car=0.3,stop_sign=0.6 "
+        "(or --thresholds.car=0.3, or a mapping in a config file).",
+    )
+    group.add_argument(
+        "--overlays",
+        action=ActionYesNo,
+        default=False,
+        help="Also write overlays/<image>.jpg: present classes with probabilities, and boxes.",
+    )
+    group.add_argument(
+        "--overlay_max_side",
+        type=int,
+        default=1280,
+        help="Longer side of overlay pictures in pixels (larger images are scaled down).",
+    )
+    group.add_argument(
+        "--csv", action=ActionYesNo, default=False, help="Also write predictions.csv at the end."
+    )
+    group.add_argument(
+        "--resume",
+        action=ActionYesNo,
+        default=False,
+        help="Continue a run in --output_dir: skip images already in predictions.jsonl.",
+    )
+    group.add_argument(
+        "--overwrite",
+        action=ActionYesNo,
+        default=False,
+        help="Delete an earlier run's outputs in --output_dir first.",
+    )
+
+
+def check_predict_config(section: Any) -> None:
+    """Fail early, before any model is built, when predict cannot run.
+
+    Call it after :func:`align_data_with_checkpoint`, which sets the checkpoint's classes.
+
+    Raises:
+        DriveMTLError: Without a checkpoint or a usable image folder, or for a threshold
+            override that is malformed or names a class the checkpoint lacks.
+    """
+    if not section.get("ckpt_path"):
+        raise DriveMTLError(
+            "predict needs a trained model: give --ckpt_path CKPT (e.g. RUN/checkpoints/best.ckpt)."
+        )
+    folder = section.data.get("predict_dir")
+    if not folder:
+        raise DriveMTLError("No images to predict: give --data.predict_dir DIR.")
+    if not Path(folder).is_dir():
+        raise DriveMTLError(f"Image folder not found (or not a folder): {folder}")
+    # After align_data_with_checkpoint, data.classes are the checkpoint's.
+    unknown = sorted(set(parse_thresholds(section.get("thresholds"))) - set(section.data.classes))
+    if unknown:
+        raise DriveMTLError(
+            f"--thresholds names class(es) {unknown} that the checkpoint does not have; "
+            f"its classes are {list(section.data.classes)}."
+        )
+
+
+def build_writer(section: Any, output_dir: str | Path) -> PredictionWriter:
+    """The writer for a parsed ``predict`` config section."""
+    return PredictionWriter(
+        output_dir=output_dir,
+        predict_dir=section.data.predict_dir,
+        checkpoint=section.get("ckpt_path"),
+        thresholds=section.get("thresholds"),
+        overlays=bool(section.get("overlays")),
+        overlay_max_side=int(section.get("overlay_max_side") or 1280),
+        csv=bool(section.get("csv")),
+        resume=bool(section.get("resume")),
+        overwrite=bool(section.get("overwrite")),
+    )

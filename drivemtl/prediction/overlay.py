@@ -1,0 +1,99 @@
+"""Overlay pictures: the image with its present classes, probabilities and boxes drawn on it."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import write_jpeg
+from torchvision.transforms.v2.functional import resize
+from torchvision.utils import draw_bounding_boxes
+
+from drivemtl.data.io import load_rgb
+
+# A fixed colour per class index, readable on dark and bright scenes.
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+]
+# Label backgrounds arrived in torchvision 0.20; older versions draw text without them.
+_HAS_FILL_LABELS = "fill_labels" in inspect.signature(draw_bounding_boxes).parameters
+
+
+def _colour(classes: list[str], name: str) -> tuple[int, int, int]:
+    index = classes.index(name) if name in classes else len(classes)
+    return PALETTE[index % len(PALETTE)]
+
+
+def _draw(image: torch.Tensor, boxes: list, labels: list[str], colours: list, **kwargs):
+    extra = {"fill_labels": True, "label_colors": "white"} if _HAS_FILL_LABELS else {}
+    return draw_bounding_boxes(
+        image,
+        torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        labels=labels,
+        colors=colours,
+        **extra,
+        **kwargs,
+    )
+
+
+def render_overlay(
+    image: np.ndarray | torch.Tensor, row: dict, classes: list[str], max_side: int = 1280
+) -> torch.Tensor:
+    """Draw one prediction on its image.
+
+    Args:
+        image: (H, W, 3) uint8 array or (3, H, W) uint8 tensor, in original pixels.
+        row: A ``predictions.jsonl`` object (``presence``, ``present``, optional ``boxes``).
+        classes: Class order, for colours.
+        max_side: Longer side of the picture; larger images are scaled down (boxes with them).
+
+    Returns:
+        (3, h, w) uint8 tensor.
+    """
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    height, width = image.shape[-2:]
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1.0:
+        size = [max(1, round(height * scale)), max(1, round(width * scale))]
+        image = resize(image, size, antialias=True)
+
+    boxes = row.get("boxes") or []
+    if boxes:
+        coords = [[v * scale for v in b[:4]] for b in boxes]
+        labels = [f"{b[4]} {b[5]:.2f}" if len(b) > 5 else str(b[4]) for b in boxes]
+        image = _draw(image, coords, labels, [_colour(classes, b[4]) for b in boxes], width=2)
+
+    # The presence banner: a tiny anchor box whose label is the multi-line text.
+    probs = row.get("presence", {})
+    present = row.get("present", [])
+    if present:
+        text = "\n".join(f"{c} {probs.get(c, float('nan')):.2f}" for c in present)
+    elif probs:
+        top = max(probs, key=probs.get)
+        text = f"none present (top: {top} {probs[top]:.2f})"
+    else:
+        text = "no presence output"
+    return _draw(image, [[2, 2, 3, 3]], [text], ["black"], width=0)
+
+
+def write_overlay(
+    source: str | Path, row: dict, classes: list[str], out: str | Path, max_side: int = 1280
+) -> str:
+    """Decode ``source`` again (EXIF-rotated, as for prediction), draw ``row``, write a JPEG."""
+    # Strings, not Path: pathlib would intern every distinct folder and file name for good.
+    out = os.fspath(out)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    picture = render_overlay(load_rgb(source), row, classes, max_side)
+    write_jpeg(picture, out, quality=90)
+    return out

@@ -1,0 +1,320 @@
+"""Streams predictions to disk batch by batch: constant memory, resumable, kill-safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from drivemtl.data.io import save_depth_png
+from drivemtl.errors import DriveMTLError
+from drivemtl.prediction.files import (
+    CSV_FILE,
+    DEPTH,
+    ERRORS,
+    OVERLAYS,
+    PREDICTIONS,
+    RUN_INFO,
+    LineAppender,
+    RelativeNamer,
+    done_images,
+    jsonl_to_csv,
+    overlay_name,
+    write_json,
+)
+from drivemtl.prediction.overlay import write_overlay
+from drivemtl.prediction.thresholds import ThresholdSpec, apply_thresholds, parse_thresholds
+
+# What a resumed run must share with the run it continues, or its lines would mix.
+_RESUME_KEYS = ("checkpoint", "predict_dir", "classes", "thresholds", "image_size")
+
+
+@dataclass
+class PredictStats:
+    """Counts of one ``predict`` run.
+
+    Attributes:
+        found: Images found in the folder.
+        skipped: Already in ``predictions.jsonl`` from an earlier run (``--resume``).
+        predicted: Written to ``predictions.jsonl`` by this run.
+        failed: Written to ``errors.jsonl`` by this run.
+        overlay_failed: Predicted, but the overlay could not be written.
+        seconds: Wall time from the first batch requested to the last written.
+    """
+
+    found: int = 0
+    skipped: int = 0
+    predicted: int = 0
+    failed: int = 0
+    overlay_failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.predicted + self.failed
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``predictions.jsonl`` / ``errors.jsonl`` (+ overlays, depth PNGs, CSV) per batch.
+
+    Each batch's lines go out in one unbuffered append, so memory stays flat whatever the
+    folder size and a killed run loses nothing it finished. Images whose file could not be
+    decoded arrive marked by the dataset (``batch.errors``) and go to ``errors.jsonl``.
+
+    Single process only: under DDP each rank would need its own part file and a merge, which
+    buys little here (decoding, not the model, bounds folder inference); use one device and
+    more ``data.num_workers``.
+
+    Args:
+        output_dir: Folder of the output files.
+        predict_dir: The image folder; ``image`` paths are written relative to it.
+        checkpoint: The checkpoint path, recorded in ``run.json``.
+        thresholds: Per-class overrides of the checkpoint's decision thresholds.
+        overlays: Also write ``overlays/<image>.jpg`` pictures.
+        overlay_max_side: Longer side of overlay pictures, in pixels.
+        csv: Also write ``predictions.csv`` at the end (from the JSONL, so they agree).
+        resume: Skip images already in ``predictions.jsonl``; retry those in ``errors.jsonl``.
+        overwrite: Delete the outputs of an earlier run in ``output_dir`` first.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        predict_dir: str | Path,
+        checkpoint: str | Path | None = None,
+        thresholds: ThresholdSpec = None,
+        overlays: bool = False,
+        overlay_max_side: int = 1280,
+        csv: bool = False,
+        resume: bool = False,
+        overwrite: bool = False,
+    ):
+        super().__init__(write_interval="batch")
+        if resume and overwrite:
+            raise DriveMTLError("--resume and --overwrite contradict each other: choose one.")
+        self.output_dir = Path(output_dir)
+        self.predict_dir = Path(predict_dir)
+        self._relative = RelativeNamer(predict_dir)
+        self.checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None
+        self.overrides = parse_thresholds(thresholds)
+        self.overlays = overlays
+        self.overlay_max_side = overlay_max_side
+        self.csv = csv
+        self.resume = resume
+        self.overwrite = overwrite
+        self.stats = PredictStats()
+        self.info: dict[str, Any] = {}
+        self._classes: list[str] = []
+        self._predictions: LineAppender | None = None
+        self._errors: LineAppender | None = None
+        self._started = 0.0
+        self._completed = False
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.output_dir / PREDICTIONS
+
+    @property
+    def errors_path(self) -> Path:
+        return self.output_dir / ERRORS
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        if trainer.world_size > 1:
+            raise DriveMTLError(
+                "predict runs in one process (it writes one predictions.jsonl): use "
+                "--trainer.devices=1 and raise --data.num_workers for speed."
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_existing()
+        done = done_images(self.predictions_path) if self.resume else set()
+
+        dataset = trainer.datamodule.datasets["predict"]
+        self.stats.found = len(dataset.images)
+        own = self._own_outputs_inside_input()
+        keep = []
+        for path in dataset.images:
+            if own and os.path.abspath(path).startswith(own):
+                self.stats.found -= 1  # our own overlays are not input images
+                continue
+            if done and self._relative(path) in done:
+                continue
+            keep.append(path)
+        self.stats.skipped = self.stats.found - len(keep)
+        dataset.images = keep
+        self._predictions = LineAppender(self.predictions_path)
+        self._errors = LineAppender(self.errors_path)
+        self._completed = not keep  # nothing to do: Lightning skips the predict loop
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the checkpoint's weights and thresholds are restored, before any decoding.
+        self._classes = list(pl_module.classes)
+        in_effect = apply_thresholds(pl_module.net.heads, self._classes, self.overrides)
+        datamodule = trainer.datamodule
+        self.info = {
+            "checkpoint": self.checkpoint,
+            "predict_dir": str(self.predict_dir.resolve()),
+            "classes": self._classes,
+            "thresholds": in_effect,
+            "image_size": list(datamodule.image_size),
+            "tasks": list(pl_module.tasks),
+        }
+        self._check_resume_matches()
+        if self.resume:
+            # Failed images are retried now, so their old lines would become duplicates.
+            os.truncate(self.errors_path, 0)
+        self._write_info("running")
+        self._started = time.perf_counter()
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: list[dict],
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        errors = getattr(batch, "errors", None) or [None] * len(prediction)
+        good, bad = [], []
+        for row, error in zip(prediction, errors):
+            source = row["image"]
+            image = self._relative(source)
+            if error:
+                bad.append({"image": image, "error": error})
+                continue
+            out = {"image": image, **{k: v for k, v in row.items() if k != "image"}}
+            if "depth" in out and not isinstance(out["depth"], (str, type(None))):
+                out["depth"] = self._save_depth(out["depth"], image)
+            # Pictures before the line: a kill in between leaves a picture that a resumed
+            # run rewrites, never a line without its picture.
+            if self.overlays:
+                self._save_overlay(source, out, image)
+            good.append(out)
+        self.stats.predicted += self._predictions.write(good)
+        self.stats.failed += self._errors.write(bad)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stats.seconds = time.perf_counter() - self._started
+        self._completed = True
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        for appender in (self._predictions, self._errors):
+            if appender is not None:
+                appender.close()
+        if not self._completed:
+            return  # interrupted: the files hold every finished batch; --resume continues
+        if self.csv and self.predictions_path.is_file():
+            classes = self._classes or list(pl_module.classes)
+            jsonl_to_csv(self.predictions_path, self.output_dir / CSV_FILE, classes)
+        if self.info:
+            self._write_info("complete")
+
+    # -- summary -------------------------------------------------------------------------------
+
+    @property
+    def completed(self) -> bool:
+        return self._completed
+
+    def total_predicted(self) -> int:
+        """Images with a prediction in the file: earlier runs (resume) plus this one."""
+        return self.stats.skipped + self.stats.predicted
+
+    def summary(self) -> str:
+        """The closing lines printed by ``drivemtl predict``."""
+        s = self.stats
+        lines = [
+            f"Images: {s.predicted} predicted, {s.failed} failed, {s.skipped} skipped "
+            f"(already predicted) of {s.found} found; {s.images_per_second:.1f} images/s "
+            f"over {s.seconds:.1f} s",
+            f"Predictions: {self.predictions_path}",
+        ]
+        if s.failed:
+            lines.append(f"Errors:      {self.errors_path} ({s.failed} unreadable image(s))")
+        if self.csv:
+            lines.append(f"CSV:         {self.output_dir / CSV_FILE}")
+        if self.overlays:
+            extra = f" ({s.overlay_failed} could not be drawn)" if s.overlay_failed else ""
+            lines.append(f"Overlays:    {self.output_dir / OVERLAYS}{extra}")
+        return "\n".join(lines)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _prepare_existing(self) -> None:
+        outputs = [self.predictions_path, self.errors_path, self.output_dir / CSV_FILE]
+        folders = [self.output_dir / OVERLAYS, self.output_dir / DEPTH]
+        if self.overwrite:
+            for path in [*outputs, self.output_dir / RUN_INFO]:
+                path.unlink(missing_ok=True)
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+            return
+        if self.resume:
+            return
+        used = [p for p in outputs[:2] if p.is_file() and p.stat().st_size > 0]
+        if used:
+            raise DriveMTLError(
+                f"{used[0]} already exists: pass --resume to continue that run, or --overwrite "
+                "to start again (or choose another --output_dir)."
+            )
+
+    def _own_outputs_inside_input(self) -> str | None:
+        """The output folder as a path prefix, when it lies inside the image folder."""
+        out = os.path.abspath(self.output_dir)
+        root = os.path.abspath(self.predict_dir)
+        return out + os.sep if out.startswith(root + os.sep) else None
+
+    def _check_resume_matches(self) -> None:
+        info_path = self.output_dir / RUN_INFO
+        if not (self.resume and info_path.is_file() and self.predictions_path.is_file()):
+            return
+        try:
+            previous = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            return  # an unreadable record cannot veto; the lines themselves are intact
+        for key in _RESUME_KEYS:
+            if key in previous and previous[key] != self.info[key]:
+                raise DriveMTLError(
+                    f"--resume: {key} differs from the run being continued in {self.output_dir} "
+                    f"({previous[key]!r} then, {self.info[key]!r} now); the predictions would "
+                    "mix. Use another --output_dir, or --overwrite."
+                )
+
+    def _write_info(self, status: str) -> None:
+        write_json(
+            self.output_dir / RUN_INFO,
+            {**self.info, "status": status, "stats": asdict(self.stats)},
+        )
+
+    def _save_depth(self, depth: Any, image: str) -> str:
+        array = depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else depth
+        rel = f"{DEPTH}/{os.path.splitext(image)[0]}.png"  # as in the contract: depth/sub/x.png
+        target = os.path.join(self.output_dir, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        save_depth_png(np.squeeze(np.asarray(array, dtype=np.float32)), target)
+        return rel
+
+    def _save_overlay(self, source: str, row: dict, image: str) -> None:
+        target = os.path.join(self.output_dir, OVERLAYS, overlay_name(image))
+        try:
+            write_overlay(source, row, self._classes, target, self.overlay_max_side)
+        except Exception:  # a picture is a convenience: never lose the prediction over it
+            self.stats.overlay_failed += 1
