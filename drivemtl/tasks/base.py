@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -26,12 +27,15 @@ class Task(ABC):
     name: str
     monitor: str
 
+    # ``output`` below is whatever the task's head returns: a tensor, or a dict of tensors
+    # for heads with several outputs (detection's per-level logits and boxes).
+
     @abstractmethod
     def build_head(self, channels: Sequence[int], classes: Sequence[str]) -> nn.Module:
         """The head over the backbone's feature maps (channels from stride 4 to 32)."""
 
     @abstractmethod
-    def loss(self, output: Tensor, batch: Batch) -> tuple[Tensor, int]:
+    def loss(self, output: Any, batch: Batch) -> tuple[Tensor, int]:
         """The task loss over labelled entries, and how many labelled entries it saw.
 
         A batch with no labelled entry must give a zero loss with finite gradients.
@@ -42,7 +46,7 @@ class Task(ABC):
         """A fresh metric that accumulates over an epoch, synchronised across processes."""
 
     @abstractmethod
-    def update_metric(self, metric: Metric, output: Tensor, batch: Batch) -> None:
+    def update_metric(self, metric: Metric, output: Any, batch: Batch) -> None:
         """Feed one batch of outputs to the metric."""
 
     @abstractmethod
@@ -58,7 +62,7 @@ class Task(ABC):
 
     @abstractmethod
     def decode(
-        self, output: Tensor, head: nn.Module, batch: Batch, classes: Sequence[str]
+        self, output: Any, head: nn.Module, batch: Batch, classes: Sequence[str]
     ) -> list[dict]:
         """Per-image prediction fields (original image pixels) for ``predictions.jsonl``."""
 
