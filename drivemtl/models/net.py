@@ -47,3 +47,11 @@ class MultiTaskNet(nn.Module):
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         features = self.backbone(self.normalize(images))
         return {name: head(features) for name, head in self.heads.items()}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task's loss reaches: what gradient methods combine task gradients on."""
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    def sharing_penalty(self) -> Tensor:
+        """A regulariser the sharing strategy adds to the loss (zero for hard sharing)."""
+        return self.mean.new_zeros(())
