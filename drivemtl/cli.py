@@ -32,6 +32,17 @@ RUN_DIR_ENV = "DRIVEMTL_RUN_DIR"
 """Carries the run folder to DDP worker processes, which re-run the command line."""
 
 
+def tasks_need_depth(tasks: dict | None) -> bool:
+    """Whether a ``model.tasks`` mapping names a task that trains on depth maps.
+
+    ``None`` is the module's default (presence only). An unknown name is left for the model
+    to report.
+    """
+    from drivemtl.tasks import TASKS
+
+    return any(getattr(TASKS.get(name), "needs_depth", False) for name in tasks or {})
+
+
 class DriveCLI(LightningCLI):
     """LightningCLI with the class list linked once, one folder per run, and a closing report."""
 
@@ -39,6 +50,9 @@ class DriveCLI(LightningCLI):
         # The class list and input size are configured once, in the data section.
         parser.link_arguments("data.classes", "model.classes")
         parser.link_arguments("data.image_size", "model.image_size")
+        # Depth maps are decoded only when a task trains on them, and the user never says so
+        # twice: the task list decides (also when it comes from a --ckpt_path).
+        parser.link_arguments("model.tasks", "data.load_depth", compute_fn=tasks_need_depth)
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         # LightningCLI has no per-subcommand hook; the output options belong to predict only.
@@ -92,7 +106,7 @@ class DriveCLI(LightningCLI):
             ]
         checkpoint = ModelCheckpoint(
             monitor=self.model.monitor,
-            mode="max",
+            mode=self.model.monitor_mode,
             filename="best",
             save_last=True,
             enable_version_counter=False,

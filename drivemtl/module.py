@@ -92,6 +92,11 @@ class MultiTaskModule(L.LightningModule):
         task = next(iter(self.tasks.values()))
         return f"val/{task.name}/{task.monitor}"
 
+    @property
+    def monitor_mode(self) -> str:
+        """``"max"`` or ``"min"``: whether a higher or a lower :attr:`monitor` is better."""
+        return next(iter(self.tasks.values())).monitor_mode
+
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -21,7 +21,7 @@ from drivemtl.data.datasets import (
     find_images,
     seed_worker_transform,
 )
-from drivemtl.data.io import IMAGE_EXTENSIONS
+from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS
 from drivemtl.data.labels import DEFAULT_CLASSES
 from drivemtl.data.manifest import Record, read_manifest
 from drivemtl.data.transforms import build_transform
@@ -81,7 +81,10 @@ class DriveDataModule(L.LightningDataModule):
         synthetic: The synthetic set's settings (used only without manifests).
         cache_dir: Where the synthetic set is generated; default ``$DRIVEMTL_CACHE`` or
             ``~/.cache/drivemtl``.
-        load_depth: Decode depth maps (set when a depth task is trained).
+        load_depth: Decode depth maps. The CLI sets it from ``model.tasks`` (true when a depth
+            task is trained), so it is not a command-line option there.
+        depth_scale: Units per metre in 16-bit depth PNGs (256: the KITTI convention of the
+            manifest format); ``.npy`` depth maps are read as metres.
     """
 
     def __init__(
@@ -98,11 +101,14 @@ class DriveDataModule(L.LightningDataModule):
         synthetic: SyntheticSplits | None = None,
         cache_dir: str | None = None,
         load_depth: bool = False,
+        depth_scale: float = DEPTH_PNG_SCALE,
     ):
         super().__init__()
         self.save_hyperparameters()
         if len(set(classes)) != len(classes) or not classes:
             raise DriveMTLError(f"data.classes must be a non-empty list of unique names: {classes}")
+        if not depth_scale > 0:
+            raise DriveMTLError(f"data.depth_scale must be > 0 (units per metre): {depth_scale}")
         self.classes = list(classes)
         self.image_size = tuple(image_size)
         self.manifests = {
@@ -187,6 +193,7 @@ class DriveDataModule(L.LightningDataModule):
                 self.records(split),
                 build_transform(self.image_size, train=train),
                 load_depth=self.hparams.load_depth,
+                depth_scale=self.hparams.depth_scale,
             )
         if stage == "predict":
             if not self.hparams.predict_dir:

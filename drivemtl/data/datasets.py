@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from drivemtl.data.batch import Batch, Sample, collate
-from drivemtl.data.io import IMAGE_EXTENSIONS, load_depth, load_rgb
+from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS, load_depth, load_rgb
 from drivemtl.data.labels import POSITIVE, UNKNOWN
 from drivemtl.data.manifest import Record
 from drivemtl.errors import DriveMTLError
@@ -32,6 +32,7 @@ class ManifestDataset(Dataset):
         transform: An albumentations pipeline with box parameters (see ``build_transform``).
         load_boxes: Keep box targets (needed by detection; cheap, so on by default).
         load_depth: Decode depth maps (only when a depth task uses them).
+        depth_scale: Units per metre of 16-bit depth PNGs (256: KITTI); ``.npy`` is metres.
     """
 
     def __init__(
@@ -40,11 +41,13 @@ class ManifestDataset(Dataset):
         transform: A.Compose,
         load_boxes: bool = True,
         load_depth: bool = False,
+        depth_scale: float = DEPTH_PNG_SCALE,
     ):
         self.records = list(records)
         self.transform = transform
         self.load_boxes = load_boxes
         self.load_depth = load_depth
+        self.depth_scale = depth_scale
 
     def __len__(self) -> int:
         return len(self.records)
@@ -53,9 +56,16 @@ class ManifestDataset(Dataset):
         record = self.records[index]
         try:
             image = load_rgb(record.image)
-            depth = load_depth(record.depth) if self.load_depth and record.depth else None
         except OSError as e:
             raise DriveMTLError(f"{record.source}: cannot read {record.image}: {e}") from None
+        depth = None
+        if self.load_depth and record.depth:
+            try:
+                depth = load_depth(record.depth, self.depth_scale)
+            except (OSError, ValueError) as e:
+                raise DriveMTLError(
+                    f"{record.source}: cannot read depth map {record.depth}: {e}"
+                ) from None
         height, width = image.shape[:2]
         if depth is not None and depth.shape != (height, width):
             raise DriveMTLError(

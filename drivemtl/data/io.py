@@ -30,13 +30,43 @@ def load_rgb(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+_DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+"""Pillow modes of single-channel 16-bit (and 32-bit integer) images."""
+
+
 def load_depth(path: str | Path, scale: float = DEPTH_PNG_SCALE) -> np.ndarray:
-    """Read a depth map in metres (float32, 0 = no measurement) from a 16-bit PNG or a .npy."""
+    """Read a depth map in metres (float32 (H, W), 0 = no measurement).
+
+    Args:
+        path: A single-channel 16-bit PNG (value = metres x ``scale``, 0 = no measurement;
+            KITTI's convention with the default 256) or a ``.npy`` float array in metres
+            ((H, W), (1, H, W) or (H, W, 1)); NaN, inf and values <= 0 there mean no
+            measurement.
+        scale: Units per metre of PNG values.
+
+    Raises:
+        OSError: When the file cannot be read.
+        ValueError: When it is not a single-channel depth map (the message says what it is).
+    """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        depth = np.load(path).astype(np.float32)
+        depth = np.load(path, allow_pickle=False)
+        if depth.ndim == 3 and 1 in (depth.shape[0], depth.shape[-1]):
+            depth = depth.reshape(depth.shape[1:] if depth.shape[0] == 1 else depth.shape[:2])
+        if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
+            raise ValueError(
+                f"a .npy depth map must be a 2-D numeric array (H, W) of metres, "
+                f"got shape {depth.shape} and dtype {depth.dtype}"
+            )
+        depth = depth.astype(np.float32)
         return np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
     with Image.open(path) as im:
+        if im.mode not in _DEPTH_PNG_MODES:
+            raise ValueError(
+                f"a depth image must be single-channel 16-bit (metres x {scale:g}, 0 = no "
+                f"measurement), got Pillow mode {im.mode!r} ({len(im.getbands())} channel(s)); "
+                "save metres as a .npy float array instead, or as a uint16 PNG"
+            )
         raw = np.asarray(im)
     return raw.astype(np.float32) / scale
 

@@ -7,10 +7,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from drivemtl.data.io import DEPTH_PNG_SCALE
 from drivemtl.errors import DriveMTLError
 from drivemtl.evaluation.evaluate import evaluate
 from drivemtl.evaluation.report import matching_lines
-from drivemtl.reporting import presence_table
+from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH
+from drivemtl.reporting import format_report, presence_table
 
 EXIT_BAD_INPUT = 2
 
@@ -52,6 +54,32 @@ def build_parser() -> argparse.ArgumentParser:
         "it to match (default: from run.json beside the predictions)",
     )
     parser.add_argument("--no_plots", "--no-plots", action="store_true", help="skip the PNGs")
+    depth = parser.add_argument_group(
+        "depth", "used when the manifest has depth maps and the predictions have depth PNGs"
+    )
+    depth.add_argument(
+        "--min_depth",
+        "--min-depth",
+        type=float,
+        default=DEFAULT_MIN_DEPTH,
+        help="ground truth at or below it is not scored; predictions are clamped up to it "
+        "(default %(default)g m)",
+    )
+    depth.add_argument(
+        "--max_depth",
+        "--max-depth",
+        type=float,
+        default=DEFAULT_MAX_DEPTH,
+        help="ground truth at or above it is not scored; predictions are clamped down to it "
+        "(default %(default)g m, the KITTI convention)",
+    )
+    depth.add_argument(
+        "--depth_scale",
+        "--depth-scale",
+        type=float,
+        default=DEPTH_PNG_SCALE,
+        help="units per metre of the manifest's 16-bit depth PNGs (default %(default)g, KITTI)",
+    )
     return parser
 
 
@@ -67,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             classes=args.classes,
             images_root=args.images_root,
             plots=not args.no_plots,
+            min_depth=args.min_depth,
+            max_depth=args.max_depth,
+            depth_scale=args.depth_scale,
         )
     except DriveMTLError as e:
         print(f"drivemtl: error: {e}", file=sys.stderr)
@@ -76,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("presence")
     print(presence_table(result.report["presence"]))
     print()
+    if "depth" in result.report:
+        print(format_report({"depth": result.report["depth"]}))
+        print()
     print(f"Metrics: {result.output_dir / 'metrics.json'}")
     print(f"Report:  {result.output_dir / 'report.md'}")
     return 0

@@ -8,13 +8,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from drivemtl.data.io import DEPTH_PNG_SCALE
 from drivemtl.data.manifest import Record, read_manifest
 from drivemtl.errors import DriveMTLError
+from drivemtl.evaluation.depth import evaluate_depth
 from drivemtl.evaluation.matching import MatchResult, manifest_image, match_images
 from drivemtl.evaluation.metrics import decision_threshold, presence_metrics, stack_labels
 from drivemtl.evaluation.plots import plot_ap_f1, plot_pr_curve, safe_name
 from drivemtl.evaluation.predictions import Predictions, read_predictions
 from drivemtl.evaluation.report import write_report
+from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH
 from drivemtl.prediction.files import write_json
 from drivemtl.reporting import write_metrics
 
@@ -24,7 +27,8 @@ class Evaluation:
     """What :func:`evaluate` computed and wrote.
 
     Attributes:
-        report: The ``metrics.json`` content (``{"presence": {...}}``).
+        report: The ``metrics.json`` content (``{"presence": {...}}``, plus ``"depth"`` when
+            the manifest and the predictions both have depth maps).
         matching: The ``matching.json`` content (counts and unmatched names).
         output_dir: Where the files are.
     """
@@ -88,6 +92,9 @@ def evaluate(
     classes: Sequence[str] | None = None,
     images_root: str | Path | None = None,
     plots: bool = True,
+    min_depth: float = DEFAULT_MIN_DEPTH,
+    max_depth: float = DEFAULT_MAX_DEPTH,
+    depth_scale: float = DEPTH_PNG_SCALE,
 ) -> Evaluation:
     """Match predictions to manifest images and write metrics, a report and plots.
 
@@ -99,6 +106,10 @@ def evaluate(
         images_root: The folder the prediction paths are relative to; default: the
             ``predict_dir`` recorded in ``run.json`` beside the predictions, if any.
         plots: Write the PNG plots.
+        min_depth: Depth metric cap: ground truth outside (min_depth, max_depth) is not
+            scored, predictions are clamped into it.
+        max_depth: Upper depth cap (80 m, KITTI).
+        depth_scale: Units per metre of the manifest's 16-bit depth PNGs.
 
     Raises:
         DriveMTLError: For unreadable inputs, unknown classes, or no image matched.
@@ -158,6 +169,18 @@ def evaluate(
     matching = _matching_summary(
         preds, manifest_paths, images, matched, manifest_duplicates, named, classes, root
     )
+    # Depth when the manifest has depth maps and the predictions point to theirs.
+    depth = evaluate_depth(
+        preds.path, preds.images, records, matched.pairs, min_depth, max_depth, depth_scale
+    )
+    if depth is not None:
+        report["depth"] = depth.report
+        matching["depth"] = {
+            "cap_metres": list(depth.cap),
+            "images_with_ground_truth": depth.ground_truth_images,
+            "images_without_predicted_depth": len(depth.without_prediction),
+        }
+        matching["lists"]["images_without_predicted_depth"] = depth.without_prediction
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

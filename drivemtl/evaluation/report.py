@@ -31,6 +31,31 @@ DEFINITIONS = """\
 """
 
 
+DEPTH_DEFINITIONS = """\
+## Depth definitions
+
+- Per image, over its valid pixels: ground truth strictly inside the cap (default
+  (0.001, 80) m; 0 = no measurement is never inside); predictions are clamped into the cap.
+  Each metric is computed per image, then averaged over images with at least one valid pixel.
+  With `p` the prediction and `g` the ground truth, in metres:
+- **abs_rel** mean(|p - g| / g); **sq_rel** mean((p - g)^2 / g); **rmse** sqrt(mean((p - g)^2));
+  **rmse_log** sqrt(mean((ln p - ln g)^2)); **delta1/2/3** fraction with
+  max(p / g, g / p) < 1.25, 1.25^2, 1.25^3.
+- `valid_pixels` and `images` count what was scored; metrics are `null` when no image has a
+  valid pixel.
+"""
+
+DEPTH_COLUMNS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
+
+
+def depth_markdown_table(section: dict) -> str:
+    """The depth metrics as a one-row Markdown table, with the counts."""
+    head = [*DEPTH_COLUMNS, "valid_pixels", "images"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    lines.append("| " + " | ".join(_cell(section.get(k)) for k in head) + " |")
+    return "\n".join(lines)
+
+
 def _cell(value) -> str:
     if value is None:
         return "-"
@@ -80,6 +105,21 @@ def matching_lines(matching: dict) -> list[str]:
         if key == "manifest_images_without_prediction" and unreadable:
             extra = f"; {unreadable} of them were unreadable at predict time (errors.jsonl)"
         lines.append(f"WARNING: {count} {text}{extra}: {', '.join(names)}{more}")
+    depth = matching.get("depth")
+    if depth:
+        lo, hi = depth["cap_metres"]
+        lines.append(
+            f"Depth: {depth['images_with_ground_truth']} matched image(s) have ground truth, "
+            f"scored within ({lo:g}, {hi:g}) m."
+        )
+        count = depth["images_without_predicted_depth"]
+        if count:
+            names = matching["lists"]["images_without_predicted_depth"][:LISTED]
+            more = f", ... ({count - len(names)} more)" if count > len(names) else ""
+            lines.append(
+                f"WARNING: {count} image(s) with depth ground truth have no predicted depth "
+                f"(not in the depth metrics): {', '.join(names)}{more}"
+            )
     if matching["manifest_classes_not_predicted"]:
         lines.append(
             "Manifest classes with no prediction (not evaluated): "
@@ -120,10 +160,14 @@ def write_report(
     parts += ["", "## Matching", ""]
     parts += [f"- {line}" for line in matching_lines(matching)]
     parts += ["", "## Per class", "", markdown_table(report["presence"]), ""]
+    if "depth" in report:
+        parts += ["## Depth", "", depth_markdown_table(report["depth"]), ""]
     if figures:
         parts += ["## Plots", ""]
         for caption, figure in figures.items():
             parts += [f"![{caption}]({link(figure)})", ""]
     parts.append(DEFINITIONS)
+    if "depth" in report:
+        parts.append(DEPTH_DEFINITIONS)
     path.write_text("\n".join(parts))
     return path

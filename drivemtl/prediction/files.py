@@ -22,6 +22,7 @@ RUN_INFO = "run.json"
 """Beside the predictions: checkpoint, folder, classes and thresholds of the run (see docs)."""
 OVERLAYS = "overlays"
 DEPTH = "depth"
+DEPTH_PREVIEW = "depth_preview"
 
 
 class LineAppender:

@@ -16,6 +16,7 @@ OPTION_KEYS = (
     "thresholds",
     "overlays",
     "overlay_max_side",
+    "depth_preview",
     "csv",
     "resume",
     "overwrite",
@@ -50,6 +51,13 @@ def add_predict_arguments(parser: Any) -> None:
         type=int,
         default=1280,
         help="Longer side of overlay pictures in pixels (larger images are scaled down).",
+    )
+    group.add_argument(
+        "--depth_preview",
+        action=ActionYesNo,
+        default=True,
+        help="With a depth head: also write depth_preview/<image>.jpg, the depth map in "
+        "colour (fixed log scale, 1 m bright to 80 m dark); --no-depth_preview skips them.",
     )
     group.add_argument(
         "--csv", action=ActionYesNo, default=False, help="Also write predictions.csv at the end."
@@ -104,6 +112,7 @@ def build_writer(section: Any, output_dir: str | Path) -> PredictionWriter:
         thresholds=section.get("thresholds"),
         overlays=bool(section.get("overlays")),
         overlay_max_side=int(section.get("overlay_max_side") or 1280),
+        depth_preview=bool(section.get("depth_preview", True)),
         csv=bool(section.get("csv")),
         resume=bool(section.get("resume")),
         overwrite=bool(section.get("overwrite")),

@@ -17,9 +17,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from drivemtl.data.io import save_depth_png
 from drivemtl.errors import DriveMTLError
+from drivemtl.prediction.depth_preview import write_depth_preview
 from drivemtl.prediction.files import (
     CSV_FILE,
     DEPTH,
+    DEPTH_PREVIEW,
     ERRORS,
     OVERLAYS,
     PREDICTIONS,
@@ -48,6 +50,8 @@ class PredictStats:
         predicted: Written to ``predictions.jsonl`` by this run.
         failed: Written to ``errors.jsonl`` by this run.
         overlay_failed: Predicted, but the overlay could not be written.
+        depth_maps: Depth PNGs written by this run.
+        preview_failed: Depth written, but its colour preview could not be.
         seconds: Wall time from the first batch requested to the last written.
     """
 
@@ -56,6 +60,8 @@ class PredictStats:
     predicted: int = 0
     failed: int = 0
     overlay_failed: int = 0
+    depth_maps: int = 0
+    preview_failed: int = 0
     seconds: float = 0.0
 
     @property
@@ -82,6 +88,8 @@ class PredictionWriter(BasePredictionWriter):
         thresholds: Per-class overrides of the checkpoint's decision thresholds.
         overlays: Also write ``overlays/<image>.jpg`` pictures.
         overlay_max_side: Longer side of overlay pictures, in pixels.
+        depth_preview: With a depth head, also write ``depth_preview/<image>.jpg`` (the
+            depth PNG in colour; same size limit as overlays).
         csv: Also write ``predictions.csv`` at the end (from the JSONL, so they agree).
         resume: Skip images already in ``predictions.jsonl``; retry those in ``errors.jsonl``.
         overwrite: Delete the outputs of an earlier run in ``output_dir`` first.
@@ -95,6 +103,7 @@ class PredictionWriter(BasePredictionWriter):
         thresholds: ThresholdSpec = None,
         overlays: bool = False,
         overlay_max_side: int = 1280,
+        depth_preview: bool = True,
         csv: bool = False,
         resume: bool = False,
         overwrite: bool = False,
@@ -109,6 +118,7 @@ class PredictionWriter(BasePredictionWriter):
         self.overrides = parse_thresholds(thresholds)
         self.overlays = overlays
         self.overlay_max_side = overlay_max_side
+        self.depth_preview = depth_preview
         self.csv = csv
         self.resume = resume
         self.overwrite = overwrite
@@ -254,13 +264,19 @@ class PredictionWriter(BasePredictionWriter):
         if self.overlays:
             extra = f" ({s.overlay_failed} could not be drawn)" if s.overlay_failed else ""
             lines.append(f"Overlays:    {self.output_dir / OVERLAYS}{extra}")
+        if s.depth_maps:
+            folder = self.output_dir / DEPTH
+            lines.append(f"Depth:       {folder} ({s.depth_maps} PNG, metres x 256)")
+            if self.depth_preview:
+                extra = f" ({s.preview_failed} could not be drawn)" if s.preview_failed else ""
+                lines.append(f"Previews:    {self.output_dir / DEPTH_PREVIEW}{extra}")
         return "\n".join(lines)
 
     # -- helpers -------------------------------------------------------------------------------
 
     def _prepare_existing(self) -> None:
         outputs = [self.predictions_path, self.errors_path, self.output_dir / CSV_FILE]
-        folders = [self.output_dir / OVERLAYS, self.output_dir / DEPTH]
+        folders = [self.output_dir / d for d in (OVERLAYS, DEPTH, DEPTH_PREVIEW)]
         if self.overwrite:
             for path in [*outputs, self.output_dir / RUN_INFO]:
                 path.unlink(missing_ok=True)
@@ -309,7 +325,15 @@ class PredictionWriter(BasePredictionWriter):
         rel = f"{DEPTH}/{os.path.splitext(image)[0]}.png"  # as in the contract: depth/sub/x.png
         target = os.path.join(self.output_dir, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        save_depth_png(np.squeeze(np.asarray(array, dtype=np.float32)), target)
+        array = np.squeeze(np.asarray(array, dtype=np.float32))
+        save_depth_png(array, target)
+        self.stats.depth_maps += 1
+        if self.depth_preview:
+            preview = os.path.join(self.output_dir, DEPTH_PREVIEW, overlay_name(image))
+            try:
+                write_depth_preview(array, preview, self.overlay_max_side)
+            except Exception:  # a picture is a convenience: never lose the prediction over it
+                self.stats.preview_failed += 1
         return rel
 
     def _save_overlay(self, source: str, row: dict, image: str) -> None:

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 
 from drivemtl.errors import DriveMTLError
 from drivemtl.tasks.base import Task
+from drivemtl.tasks.depth import DepthTask
 from drivemtl.tasks.presence import PresenceTask, masked_bce
 
-TASKS: dict[str, type[Task]] = {"presence": PresenceTask}
+TASKS: dict[str, type[Task]] = {"presence": PresenceTask, "depth": DepthTask}
 
 
 def build_tasks(spec: Mapping[str, Mapping | None]) -> dict[str, Task]:
@@ -26,4 +27,4 @@ def build_tasks(spec: Mapping[str, Mapping | None]) -> dict[str, Task]:
     return tasks
 
 
-__all__ = ["TASKS", "PresenceTask", "Task", "build_tasks", "masked_bce"]
+__all__ = ["TASKS", "DepthTask", "PresenceTask", "Task", "build_tasks", "masked_bce"]

@@ -21,11 +21,17 @@ class Task(ABC):
 
     Attributes:
         name: Key of the task in configs, logs and ``metrics.json``.
-        monitor: The metric (within the task's report) that the best checkpoint maximises.
+        monitor: The metric (within the task's report) that selects the best checkpoint.
+        monitor_mode: ``"max"`` when a higher ``monitor`` is better (AP), ``"min"`` when
+            lower is (a depth error).
+        needs_depth: Whether the data must decode depth maps for this task (the CLI then
+            sets ``data.load_depth`` itself).
     """
 
     name: str
     monitor: str
+    monitor_mode: str = "max"
+    needs_depth: bool = False
 
     # ``output`` below is whatever the task's head returns: a tensor, or a dict of tensors
     # for heads with several outputs (detection's per-level logits and boxes).

@@ -1,0 +1,239 @@
+"""Monocular metric depth from the shared trunk, trained on sparse or dense ground truth.
+
+Ground truth is usually LiDAR projected into the camera: a few percent of the pixels, and only
+on some images. Every loss and metric here runs over valid pixels only (ground truth > 0), and
+images without depth contribute nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from drivemtl.data.batch import Batch
+from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, DepthMetric
+from drivemtl.tasks.base import Task
+
+
+def upsample_log(depth: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear resize of a positive depth map in log space; returns the log-depth.
+
+    Interpolating log-depth rather than metres keeps the ratio between neighbours, which is
+    what the log loss and the relative metrics measure, and keeps the result positive.
+
+    Args:
+        depth: (B, 1, h, w) positive metres.
+        size: Output (height, width).
+    """
+    log = torch.log(depth.float())
+    if tuple(log.shape[-2:]) == tuple(size):
+        return log
+    return F.interpolate(
+        log, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False
+    )
+
+
+def silog_loss(
+    pred: Tensor,
+    target: Tensor | None,
+    lam: float = 0.85,
+    sqrt: bool = False,
+    l1_weight: float = 0.0,
+) -> tuple[Tensor, int]:
+    """Scale-invariant log loss (Eigen et al., 2014) plus an optional L1 term, valid pixels only.
+
+    With ``g = log(pred) - log(gt)`` over the ``n_i`` valid pixels of image ``i`` and ``N`` the
+    valid pixels of the batch::
+
+        silog = sum_i [ sum_p g_ip^2 - lam * (sum_p g_ip)^2 / n_i ] / N
+              = pixel-weighted mean over images of  mean(g^2) - lam * mean(g)^2
+        loss  = silog (or sqrt(silog) with ``sqrt``) + l1_weight * sum |pred - gt| / N
+
+    The mean log error is discounted per image (the scale-invariant part), and every valid
+    pixel weighs the same. ``lam < 1`` keeps part of the penalty on the global scale, so the
+    network still learns metric depth (``lam = 1`` would be blind to scale).
+
+    Args:
+        pred: (B, 1, h, w) positive predicted metres, at any resolution (upsampled bilinearly
+            in log space to the target's).
+        target: (B, 1, H, W) ground truth metres, 0 = no measurement; ``None``: no depth.
+        lam: The weight of the squared-mean term (0.85 as in BTS/AdaBins; Eigen used 0.5).
+        sqrt: Return ``sqrt(silog)`` (the form of BTS), whose gradient does not fade as the
+            error shrinks; the square root is taken of ``max(silog, 1e-12)``.
+        l1_weight: Weight of the mean absolute error in metres (0: off). It is in metres,
+            so far pixels dominate it; 0.01-0.1 balances it against the log loss.
+
+    Returns:
+        The loss (0 with zero, finite gradients when no pixel is valid) and the number of
+        valid pixels.
+    """
+    valid = None if target is None else torch.isfinite(target) & (target > 0)
+    count = 0 if valid is None else int(valid.sum())
+    if count == 0:
+        return (pred.float() * 0.0).sum(), 0
+    log_pred = upsample_log(pred, target.shape[-2:])
+    # where() rather than a product: an invalid pixel can never leak a NaN or -inf into the sum.
+    safe = torch.where(valid, target.float(), torch.ones_like(log_pred))
+    g = torch.where(valid, log_pred - torch.log(safe), torch.zeros_like(log_pred))
+    n = valid.flatten(1).sum(1)
+    s1 = g.flatten(1).sum(1)
+    s2 = (g * g).flatten(1).sum(1)
+    silog = (s2 - lam * s1**2 / n.clamp(min=1)).sum() / count
+    loss = torch.sqrt(silog.clamp(min=1e-12)) if sqrt else silog
+    if l1_weight:
+        l1 = torch.where(valid, (torch.exp(log_pred) - safe).abs(), torch.zeros_like(g))
+        loss = loss + l1_weight * l1.sum() / count
+    return loss, count
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class DepthHead(nn.Module):
+    """A light FPN-style decoder: top-down over strides 32 -> 4, one depth channel at stride 4.
+
+    Each level is projected to ``width`` channels, the coarser map is upsampled and added, and a
+    3x3 convolution mixes them; the stride-4 map then predicts a logit that is mapped into
+    ``[min, max]`` metres on a log scale::
+
+        depth = exp(log(min) + (log(max) - log(min)) * sigmoid(logit))
+
+    so the output is always positive, bounded (no overflow in bf16 or at initialisation), and
+    evenly resolved in relative terms from near to far.
+
+    Args:
+        in_channels: Channels of the backbone's feature maps, stride 4 to 32.
+        width: Channels of the decoder.
+        output_range: (min, max) metres the head can output.
+        init_depth: Depth the untrained head outputs (the final bias is set to it).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        width: int = 64,
+        output_range: tuple[float, float] = (0.1, 100.0),
+        init_depth: float = 10.0,
+    ):
+        super().__init__()
+        lo, hi = output_range
+        self.log_min, self.log_max = math.log(lo), math.log(hi)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in in_channels)
+        self.smooth = nn.ModuleList(_conv_bn_relu(width, width) for _ in in_channels[:-1])
+        self.predict = nn.Sequential(_conv_bn_relu(width, width // 2), nn.Conv2d(width // 2, 1, 1))
+        fraction = (math.log(init_depth) - self.log_min) / (self.log_max - self.log_min)
+        fraction = min(max(fraction, 1e-3), 1 - 1e-3)
+        nn.init.constant_(self.predict[-1].bias, math.log(fraction / (1 - fraction)))
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        """(B, 1, H/4, W/4) float32 metres from the stride-4..32 feature maps."""
+        x = self.lateral[-1](features[-1])
+        for level in range(len(features) - 2, -1, -1):
+            skip = self.lateral[level](features[level])
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.smooth[level](x + skip)
+        # float32 from here: a bf16 logit would quantise depth to about 1 %.
+        logit = self.predict(x).float()
+        return torch.exp(self.log_min + (self.log_max - self.log_min) * torch.sigmoid(logit))
+
+
+class DepthTask(Task):
+    """Per-pixel metric depth in metres.
+
+    Loss: :func:`silog_loss` (non-square-root form by default, ``lam = 0.85``) over the valid
+    pixels at the network's input resolution; ``count`` is the number of valid pixels.
+    Metrics: :class:`~drivemtl.metrics.depth.DepthMetric` (AbsRel, SqRel, RMSE, RMSE log,
+    delta < 1.25 / 1.25^2 / 1.25^3, per image then averaged); the best checkpoint has the
+    lowest AbsRel when depth is the first task.
+
+    Args:
+        lam: Weight of the squared-mean term of the scale-invariant log loss.
+        sqrt: Use the square-root form of the scale-invariant loss.
+        l1_weight: Weight of an extra L1 term in metres (0: off).
+        width: Decoder channels.
+        output_range: (min, max) metres the head can output.
+        min_depth: Metric cap: ground truth outside (min_depth, max_depth) is not scored and
+            predictions are clamped into it.
+        max_depth: Upper metric cap (80 m, the KITTI convention).
+    """
+
+    name = "depth"
+    monitor = "abs_rel"
+    monitor_mode = "min"
+    needs_depth = True
+
+    def __init__(
+        self,
+        lam: float = 0.85,
+        sqrt: bool = False,
+        l1_weight: float = 0.0,
+        width: int = 64,
+        output_range: tuple[float, float] = (0.1, 100.0),
+        min_depth: float = DEFAULT_MIN_DEPTH,
+        max_depth: float = DEFAULT_MAX_DEPTH,
+    ):
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"depth lam must be in [0, 1], got {lam}")
+        if l1_weight < 0:
+            raise ValueError(f"depth l1_weight must be >= 0, got {l1_weight}")
+        if width < 2:
+            raise ValueError(f"depth width must be >= 2, got {width}")
+        lo, hi = (float(v) for v in output_range)
+        if not 0 < lo < hi:
+            raise ValueError(f"depth output_range must be 0 < min < max, got {list(output_range)}")
+        if not 0.0 <= min_depth < max_depth:
+            raise ValueError(
+                f"depth cap must be 0 <= min_depth < max_depth, got {min_depth}, {max_depth}"
+            )
+        self.lam = lam
+        self.sqrt = sqrt
+        self.l1_weight = l1_weight
+        self.width = width
+        self.output_range = (lo, hi)
+        self.min_depth = float(min_depth)
+        self.max_depth = float(max_depth)
+
+    def build_head(self, channels: Sequence[int], classes: Sequence[str]) -> nn.Module:
+        lo, hi = self.output_range
+        init = min(max(10.0, lo), hi)
+        return DepthHead(channels, self.width, self.output_range, init_depth=init)
+
+    def loss(self, output: Tensor, batch: Batch) -> tuple[Tensor, int]:
+        return silog_loss(output, batch.depth, self.lam, self.sqrt, self.l1_weight)
+
+    def build_metric(self, classes: Sequence[str]) -> DepthMetric:
+        return DepthMetric(self.min_depth, self.max_depth)
+
+    def update_metric(self, metric: DepthMetric, output: Tensor, batch: Batch) -> None:
+        # Scored at the network's input resolution, against the nearest-resampled ground
+        # truth; ``drivemtl evaluate`` scores at the original resolution instead.
+        size = batch.images.shape[-2:]
+        metric.update(torch.exp(upsample_log(output, size)), batch.depth, batch.index)
+
+    def report(self, metric: DepthMetric, head: nn.Module, choose_thresholds: bool) -> dict:
+        return metric.report()
+
+    def decode(
+        self, output: Tensor, head: nn.Module, batch: Batch, classes: Sequence[str]
+    ) -> list[dict]:
+        """Depth in metres at each image's original size, as a (H, W) float32 CPU tensor.
+
+        The eval transform is a plain resize of the whole image, so resizing the map to the
+        original size maps every pixel back to where it came from. An image that could not be
+        read (original size 0) gets ``None``.
+        """
+        rows = []
+        for i, (height, width) in enumerate(batch.original_sizes.tolist()):
+            if height <= 0 or width <= 0:
+                rows.append({"depth": None})
+                continue
+            log = upsample_log(output[i : i + 1], (height, width))
+            rows.append({"depth": torch.exp(log)[0, 0].cpu()})
+        return rows
