@@ -7,9 +7,14 @@ from collections.abc import Mapping
 from drivemtl.errors import DriveMTLError
 from drivemtl.tasks.base import Task
 from drivemtl.tasks.depth import DepthTask
+from drivemtl.tasks.detection import DetectionTask
 from drivemtl.tasks.presence import PresenceTask, masked_bce
 
-TASKS: dict[str, type[Task]] = {"presence": PresenceTask, "depth": DepthTask}
+TASKS: dict[str, type[Task]] = {
+    "presence": PresenceTask,
+    "detection": DetectionTask,
+    "depth": DepthTask,
+}
 
 
 def build_tasks(spec: Mapping[str, Mapping | None]) -> dict[str, Task]:
@@ -27,4 +32,12 @@ def build_tasks(spec: Mapping[str, Mapping | None]) -> dict[str, Task]:
     return tasks
 
 
-__all__ = ["TASKS", "DepthTask", "PresenceTask", "Task", "build_tasks", "masked_bce"]
+__all__ = [
+    "TASKS",
+    "DepthTask",
+    "DetectionTask",
+    "PresenceTask",
+    "Task",
+    "build_tasks",
+    "masked_bce",
+]
