@@ -47,7 +47,11 @@ def _draw(image: torch.Tensor, boxes: list, labels: list[str], colours: list, **
 
 
 def render_overlay(
-    image: np.ndarray | torch.Tensor, row: dict, classes: list[str], max_side: int = 1280
+    image: np.ndarray | torch.Tensor,
+    row: dict,
+    classes: list[str],
+    max_side: int = 1280,
+    min_box_score: float = 0.0,
 ) -> torch.Tensor:
     """Draw one prediction on its image.
 
@@ -56,6 +60,8 @@ def render_overlay(
         row: A ``predictions.jsonl`` object (``presence``, ``present``, optional ``boxes``).
         classes: Class order, for colours.
         max_side: Longer side of the picture; larger images are scaled down (boxes with them).
+        min_box_score: Boxes scoring below this are not drawn (the detection operating point;
+            ``predictions.jsonl`` also lists the low-scored boxes that AP needs).
 
     Returns:
         (3, h, w) uint8 tensor.
@@ -68,7 +74,7 @@ def render_overlay(
         size = [max(1, round(height * scale)), max(1, round(width * scale))]
         image = resize(image, size, antialias=True)
 
-    boxes = row.get("boxes") or []
+    boxes = [b for b in row.get("boxes") or [] if len(b) < 6 or b[5] >= min_box_score]
     if boxes:
         coords = [[v * scale for v in b[:4]] for b in boxes]
         labels = [f"{b[4]} {b[5]:.2f}" if len(b) > 5 else str(b[4]) for b in boxes]
@@ -88,12 +94,17 @@ def render_overlay(
 
 
 def write_overlay(
-    source: str | Path, row: dict, classes: list[str], out: str | Path, max_side: int = 1280
+    source: str | Path,
+    row: dict,
+    classes: list[str],
+    out: str | Path,
+    max_side: int = 1280,
+    min_box_score: float = 0.0,
 ) -> str:
     """Decode ``source`` again (EXIF-rotated, as for prediction), draw ``row``, write a JPEG."""
     # Strings, not Path: pathlib would intern every distinct folder and file name for good.
     out = os.fspath(out)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    picture = render_overlay(load_rgb(source), row, classes, max_side)
+    picture = render_overlay(load_rgb(source), row, classes, max_side, min_box_score)
     write_jpeg(picture, out, quality=90)
     return out

@@ -184,6 +184,11 @@ class PredictionWriter(BasePredictionWriter):
             "image_size": list(datamodule.image_size),
             "tasks": list(pl_module.tasks),
         }
+        detection = pl_module.tasks.get("detection")
+        if detection is not None:
+            # predictions.jsonl lists every box down to the task's min_score (AP needs them);
+            # this operating point is what overlays draw and evaluate's precision/recall use.
+            self.info["box_score_threshold"] = detection.score_threshold
         self._check_resume_matches()
         if self.resume:
             # Failed images are retried now, so their old lines would become duplicates.
@@ -339,6 +344,13 @@ class PredictionWriter(BasePredictionWriter):
     def _save_overlay(self, source: str, row: dict, image: str) -> None:
         target = os.path.join(self.output_dir, OVERLAYS, overlay_name(image))
         try:
-            write_overlay(source, row, self._classes, target, self.overlay_max_side)
+            write_overlay(
+                source,
+                row,
+                self._classes,
+                target,
+                self.overlay_max_side,
+                min_box_score=self.info.get("box_score_threshold", 0.0),
+            )
         except Exception:  # a picture is a convenience: never lose the prediction over it
             self.stats.overlay_failed += 1
