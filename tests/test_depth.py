@@ -220,3 +220,25 @@ def test_decode_maps_back_to_the_original_size_and_png_round_trips(tmp_path):
         assert im.size == (50, 38) and im.mode == "RGB"
         pixels = np.asarray(im).astype(int)
     assert pixels[:, :15].sum() > pixels[:, -15:].sum()  # near is brighter than far
+
+
+def test_synchronised_states_count_each_image_once():
+    """Two processes' states through torchmetrics' own gathering code: rank 1 repeats image 0
+    (a distributed sampler's padding); the report equals one process seeing each image once."""
+    rank0, rank1, single = DepthMetric(), DepthMetric(), DepthMetric()
+    rank0.update(_t(PRED[:1]), _t(TRUE[:1]), torch.tensor([0]))
+    rank0.update(_t(PRED[2:]), _t(TRUE[2:]), torch.tensor([2]))
+    rank1.update(_t(PRED[1:2]), _t(TRUE[1:2]), torch.tensor([1]))
+    rank1.update(_t(PRED[:1]), _t(TRUE[:1]), torch.tensor([0]))  # padding
+    single.update(_t(PRED), _t(TRUE), torch.tensor([0, 1, 2]))
+
+    others = [torch.cat(getattr(rank1, name)) for name in ("index", "count", "errors")]
+
+    def gather(tensor, group=None):  # what all_gather returns on rank 0: [rank 0, rank 1]
+        return [tensor, others.pop(0)]
+
+    rank0._sync_dist(dist_sync_fn=gather)
+    assert not others  # every state went through the gather
+    synced, expected = rank0.report(), single.report()
+    assert synced["images"] == 2 and synced["valid_pixels"] == 6
+    assert synced == pytest.approx(expected, rel=1e-12)
