@@ -27,6 +27,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from drivemtl.data.batch import Batch
 from drivemtl.metrics.detection import DEFAULT_SCORE_THRESHOLD, DetectionMetric, ImageBoxes
 from drivemtl.models.fcos import (
+    GROUP_NORM_GROUPS,
     FCOSDetectionHead,
     assign_targets,
     check_levels,
@@ -99,6 +100,13 @@ class DetectionTask(Task):
             raise ValueError(f"detection nms_iou must be in (0, 1], got {nms_iou}")
         if max_detections < 1 or topk_candidates < 1:
             raise ValueError("detection max_detections and topk_candidates must be >= 1")
+        if fpn_channels <= 0 or fpn_channels % GROUP_NORM_GROUPS:
+            raise ValueError(
+                f"detection fpn_channels must be a positive multiple of {GROUP_NORM_GROUPS} "
+                f"(GroupNorm groups in torchvision's FCOS head), got {fpn_channels}"
+            )
+        if head_convs < 0:
+            raise ValueError(f"detection head_convs must be >= 0, got {head_convs}")
         if centre_radius <= 0:
             raise ValueError(f"detection centre_radius must be > 0, got {centre_radius}")
         self.fpn_channels = fpn_channels
