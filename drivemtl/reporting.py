@@ -17,6 +17,17 @@ PRESENCE_COLUMNS = (
     "unknown",
 )
 
+DETECTION_COLUMNS = (
+    "ap50",
+    "ap",
+    "precision",
+    "recall",
+    "f1",
+    "ground_truth",
+    "detections",
+    "images",
+)
+
 
 def _cell(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -41,12 +52,31 @@ def presence_table(section: dict) -> str:
     return "\n".join(lines)
 
 
+def detection_table(section: dict) -> str:
+    """The per-class detection table as fixed-width text, with mAP@0.5 and mAP below."""
+    rows = [("class", *DETECTION_COLUMNS)]
+    for name, metrics in section["per_class"].items():
+        rows.append((name, *(_cell(metrics.get(k)) for k in DETECTION_COLUMNS)))
+    blanks = [""] * (len(DETECTION_COLUMNS) - 2)
+    rows.append(("mean", _cell(section.get("map50")), _cell(section.get("map")), *blanks))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    threshold = _cell(section.get("score_threshold"))
+    return "\n".join(lines) + f"\n(precision, recall, f1 at score >= {threshold}, IoU 0.5)"
+
+
 def format_report(report: dict) -> str:
     """All task sections of a report, one table or line each."""
     parts = []
     for task, section in report.items():
         if task == "presence":
             parts.append("presence\n" + presence_table(section))
+        elif task == "detection":
+            parts.append("detection\n" + detection_table(section))
         else:
             flat = {k: v for k, v in section.items() if not isinstance(v, dict)}
             parts.append(f"{task}: " + ", ".join(f"{k}={_cell(v)}" for k, v in flat.items()))

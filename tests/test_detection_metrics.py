@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from drivemtl.cli import main
 from drivemtl.metrics.detection import DetectionMetric, ImageBoxes, detection_report
+from tests.conftest import write_jsonl
 
 CLASSES = ["pedestrian", "car", "stop_sign", "traffic_light"]
 PED, CAR, SIGN, LIGHT = range(4)
@@ -131,3 +135,60 @@ def test_metric_counts_each_image_once_despite_padding_duplicates():
     assert len(images) == 2
     assert torch.equal(images[0].gt_boxes, IMAGE_B.gt_boxes)  # ordered by dataset index
     assert metric.report() == detection_report([IMAGE_B, IMAGE_A], CLASSES, 0.65)
+
+
+def test_evaluate_scores_prediction_files_by_the_same_rules(tmp_path, capsys):
+    """`drivemtl evaluate` on hand-written files gives the hand-computed numbers above."""
+
+    def boxes(image: ImageBoxes, scores: bool) -> list:
+        rows = []
+        tensors = (
+            (image.pred_boxes, image.pred_labels) if scores else (image.gt_boxes, image.gt_labels)
+        )
+        for i, (box, label) in enumerate(zip(*tensors)):
+            row = [round(float(v), 4) for v in box] + [CLASSES[int(label)]]
+            rows.append(row + [float(image.pred_scores[i])] if scores else row)
+        return rows
+
+    manifest = [
+        {"image": "a.jpg", "boxes": boxes(IMAGE_A, False)},
+        {"image": "b.jpg", "boxes": boxes(IMAGE_B, False)},
+        # Car unknown here: its boxes (and the high-scoring car prediction) are left out.
+        {"image": "c.jpg", "boxes": [[60, 60, 80, 80, "car"]], "presence": {"car": "?"}},
+        # Not annotated for boxes: left out whatever is predicted.
+        {"image": "d.jpg", "presence": {"car": 1}},
+        # A crowd region: the car predicted inside it is neither right nor wrong.
+        {"image": "e.jpg", "boxes": [], "ignore": [[0, 0, 40, 40]]},
+    ]
+    presence = {c: 0.5 for c in CLASSES}
+    stray = [[0, 0, 9, 9, "car", 0.95]]
+    predictions = [
+        {"image": "a.jpg", "boxes": boxes(IMAGE_A, True)},
+        {"image": "b.jpg", "boxes": boxes(IMAGE_B, True)},
+        {"image": "c.jpg", "boxes": stray},
+        {"image": "d.jpg", "boxes": stray},
+        {"image": "e.jpg", "boxes": [[10, 10, 20, 20, "car", 0.99]]},
+    ]
+    for p in predictions:
+        p.update(presence=presence, present=[])
+    write_jsonl(tmp_path / "m.jsonl", manifest)
+    write_jsonl(tmp_path / "predictions.jsonl", predictions)
+    out = tmp_path / "eval"
+    args = ["evaluate", f"--predictions={tmp_path / 'predictions.jsonl'}", "--no_plots"]
+    code = main(
+        [
+            *args,
+            f"--manifest={tmp_path / 'm.jsonl'}",
+            f"--output_dir={out}",
+            "--box_score_threshold=0.65",
+        ]
+    )
+    assert code == 0
+    car = json.loads((out / "metrics.json").read_text())["detection"]["per_class"]["car"]
+    assert car["ap50"] == pytest.approx(56 / 101, abs=1e-6)
+    assert car["ap"] == pytest.approx((3 * 56 / 101 + 7 * 34 / 101) / 10, abs=1e-6)
+    assert (car["precision"], car["recall"]) == pytest.approx((2 / 3, 2 / 3))
+    assert (car["ground_truth"], car["detections"], car["images"]) == (3, 3, 3)
+    printed = capsys.readouterr().out
+    assert "Detection: 4 matched image(s) are annotated for boxes." in printed
+    assert "mean" in printed and "0.554" in printed

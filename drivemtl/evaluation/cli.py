@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
         "it to match (default: from run.json beside the predictions)",
     )
     parser.add_argument("--no_plots", "--no-plots", action="store_true", help="skip the PNGs")
+    detection = parser.add_argument_group(
+        "detection", "used when the manifest has boxes and the predictions have boxes"
+    )
+    detection.add_argument(
+        "--box_score_threshold",
+        "--box-score-threshold",
+        type=float,
+        default=None,
+        help="operating point for box precision and recall (default: box_score_threshold "
+        "from run.json beside the predictions, else 0.3)",
+    )
     depth = parser.add_argument_group(
         "depth", "used when the manifest has depth maps and the predictions have depth PNGs"
     )
@@ -98,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_depth=args.min_depth,
             max_depth=args.max_depth,
             depth_scale=args.depth_scale,
+            box_score_threshold=args.box_score_threshold,
         )
     except DriveMTLError as e:
         print(f"drivemtl: error: {e}", file=sys.stderr)
@@ -107,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("presence")
     print(presence_table(result.report["presence"]))
     print()
+    if "detection" in result.report:
+        print(format_report({"detection": result.report["detection"]}))
+        print()
     if "depth" in result.report:
         print(format_report({"depth": result.report["depth"]}))
         print()

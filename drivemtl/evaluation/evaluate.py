@@ -12,6 +12,7 @@ from drivemtl.data.io import DEPTH_PNG_SCALE
 from drivemtl.data.manifest import Record, read_manifest
 from drivemtl.errors import DriveMTLError
 from drivemtl.evaluation.depth import evaluate_depth
+from drivemtl.evaluation.detection import evaluate_detection
 from drivemtl.evaluation.matching import MatchResult, manifest_image, match_images
 from drivemtl.evaluation.metrics import decision_threshold, presence_metrics, stack_labels
 from drivemtl.evaluation.plots import plot_ap_f1, plot_pr_curve, safe_name
@@ -95,6 +96,7 @@ def evaluate(
     min_depth: float = DEFAULT_MIN_DEPTH,
     max_depth: float = DEFAULT_MAX_DEPTH,
     depth_scale: float = DEPTH_PNG_SCALE,
+    box_score_threshold: float | None = None,
 ) -> Evaluation:
     """Match predictions to manifest images and write metrics, a report and plots.
 
@@ -110,6 +112,8 @@ def evaluate(
             scored, predictions are clamped into it.
         max_depth: Upper depth cap (80 m, KITTI).
         depth_scale: Units per metre of the manifest's 16-bit depth PNGs.
+        box_score_threshold: Detection operating point for precision and recall; default:
+            the one recorded in ``run.json`` beside the predictions, else the task default.
 
     Raises:
         DriveMTLError: For unreadable inputs, unknown classes, or no image matched.
@@ -181,6 +185,28 @@ def evaluate(
             "images_without_predicted_depth": len(depth.without_prediction),
         }
         matching["lists"]["images_without_predicted_depth"] = depth.without_prediction
+    # Detection when the manifest has boxes and the predictions have theirs.
+    if box_score_threshold is None:
+        stated_box = preds.run_info.get("box_score_threshold")
+        if isinstance(stated_box, (int, float)) and not isinstance(stated_box, bool):
+            box_score_threshold = float(stated_box)
+    detection = evaluate_detection(
+        preds.path,
+        preds.images,
+        records,
+        matched.pairs,
+        classes,
+        all_classes,
+        named,
+        box_score_threshold,
+    )
+    if detection is not None:
+        report["detection"] = detection.report
+        matching["detection"] = {
+            "images_with_box_annotation": detection.annotated_images,
+            "images_without_predicted_boxes": len(detection.without_prediction),
+        }
+        matching["lists"]["images_without_predicted_boxes"] = detection.without_prediction
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

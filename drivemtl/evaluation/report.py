@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from drivemtl.reporting import PRESENCE_COLUMNS
+from drivemtl.reporting import DETECTION_COLUMNS, PRESENCE_COLUMNS
 
 LISTED = 10
 """How many names of each unmatched kind the terminal and report.md show (matching.json: all)."""
@@ -45,7 +45,39 @@ DEPTH_DEFINITIONS = """\
   valid pixel.
 """
 
+DETECTION_DEFINITIONS = """\
+## Detection definitions
+
+- Only images whose manifest entry has `boxes` count (`boxes: null` is not annotated); on an
+  image where a class is `?`, its predicted and true boxes are left out (`images` counts the
+  images where the class is annotated). Ignore regions (crowds, DontCare) are COCO crowd
+  boxes: a detection covering one is neither right nor wrong.
+- **ap50**, **ap**: COCO average precision (101-point interpolated) at IoU 0.5 and averaged
+  over IoU 0.50:0.05:0.95, from every listed box (torchmetrics `MeanAveragePrecision`,
+  faster-coco-eval backend); **map50** and **map** average them over the classes with ground
+  truth. `null` for a class without ground truth.
+- **precision**, **recall**, **f1**: boxes scoring at least the score threshold (the producing
+  run's operating point, `run.json`), matched one to one at IoU >= 0.5, best score first.
+  Precision is `null` without such a box, recall and F1 without ground truth.
+"""
+
 DEPTH_COLUMNS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
+
+
+def detection_markdown_table(section: dict) -> str:
+    """The per-class detection table in Markdown, with mAP@0.5 and mAP below."""
+    head = ["class", *DETECTION_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(DETECTION_COLUMNS) + "|"]
+    for name, metrics in section["per_class"].items():
+        cells = [_cell(metrics.get(k)) for k in DETECTION_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    blanks = " |" * (len(DETECTION_COLUMNS) - 2)
+    lines.append(
+        f"| **mean** | **{_cell(section.get('map50'))}** | **{_cell(section.get('map'))}** |"
+        + blanks
+    )
+    threshold = _cell(section.get("score_threshold"))
+    return "\n".join(lines) + f"\n\nScore threshold for precision and recall: {threshold}."
 
 
 def depth_markdown_table(section: dict) -> str:
@@ -120,6 +152,20 @@ def matching_lines(matching: dict) -> list[str]:
                 f"WARNING: {count} image(s) with depth ground truth have no predicted depth "
                 f"(not in the depth metrics): {', '.join(names)}{more}"
             )
+    detection = matching.get("detection")
+    if detection:
+        lines.append(
+            f"Detection: {detection['images_with_box_annotation']} matched image(s) are "
+            "annotated for boxes."
+        )
+        count = detection["images_without_predicted_boxes"]
+        if count:
+            names = matching["lists"]["images_without_predicted_boxes"][:LISTED]
+            more = f", ... ({count - len(names)} more)" if count > len(names) else ""
+            lines.append(
+                f"WARNING: {count} box-annotated image(s) have no predicted boxes "
+                f"(not in the detection metrics): {', '.join(names)}{more}"
+            )
     if matching["manifest_classes_not_predicted"]:
         lines.append(
             "Manifest classes with no prediction (not evaluated): "
@@ -160,6 +206,8 @@ def write_report(
     parts += ["", "## Matching", ""]
     parts += [f"- {line}" for line in matching_lines(matching)]
     parts += ["", "## Per class", "", markdown_table(report["presence"]), ""]
+    if "detection" in report:
+        parts += ["## Detection", "", detection_markdown_table(report["detection"]), ""]
     if "depth" in report:
         parts += ["## Depth", "", depth_markdown_table(report["depth"]), ""]
     if figures:
@@ -167,6 +215,8 @@ def write_report(
         for caption, figure in figures.items():
             parts += [f"![{caption}]({link(figure)})", ""]
     parts.append(DEFINITIONS)
+    if "detection" in report:
+        parts.append(DETECTION_DEFINITIONS)
     if "depth" in report:
         parts.append(DEPTH_DEFINITIONS)
     path.write_text("\n".join(parts))
