@@ -250,3 +250,32 @@ def test_kitti_frames_end_to_end(tmp_path, capsys):
     depth = json.loads((evaluation / "metrics.json").read_text())["depth"]
     assert depth["valid_pixels"] == nonzero and depth["images"] == 3
     assert all(depth[m] is not None for m in METRICS)
+
+
+def test_images_sharing_a_stem_keep_separate_depth_maps(trained, tmp_path):
+    _, run, _ = trained
+    folder, out = tmp_path / "frames", tmp_path / "pred"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a.png", "a.jpg", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / name)
+    ckpt = run / "checkpoints" / "best.ckpt"
+    code = main(
+        [
+            "predict",
+            f"--ckpt_path={ckpt}",
+            f"--data.predict_dir={folder}",
+            f"--output_dir={out}",
+            "--no_depth_preview",
+        ]
+    )
+    assert code == 0
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    # The contract's depth/<stem>.png, except where two images share the stem.
+    assert {x["image"]: x["depth"] for x in lines} == {
+        "a.jpg": "depth/a.jpg.png",
+        "a.png": "depth/a.png.png",
+        "b.png": "depth/b.png",
+    }
+    assert all((out / x["depth"]).is_file() for x in lines)
+    assert not (out / "depth_preview").exists()

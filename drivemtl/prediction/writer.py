@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,7 @@ class PredictionWriter(BasePredictionWriter):
         self._classes: list[str] = []
         self._predictions: LineAppender | None = None
         self._errors: LineAppender | None = None
+        self._shared_stems: set[str] = set()
         self._started = 0.0
         self._completed = False
 
@@ -156,6 +159,8 @@ class PredictionWriter(BasePredictionWriter):
 
         dataset = trainer.datamodule.datasets["predict"]
         self.stats.found = len(dataset.images)
+        if "depth" in getattr(pl_module, "tasks", {}):
+            self._shared_stems = _shared_stems(self._relative(p) for p in dataset.images)
         own = self._own_outputs_inside_input()
         keep = []
         for path in dataset.images:
@@ -327,7 +332,10 @@ class PredictionWriter(BasePredictionWriter):
 
     def _save_depth(self, depth: Any, image: str) -> str:
         array = depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else depth
-        rel = f"{DEPTH}/{os.path.splitext(image)[0]}.png"  # as in the contract: depth/sub/x.png
+        stem = os.path.splitext(image)[0]
+        # The contract's name drops the extension (depth/sub/x.png). Images that share a stem
+        # (a.jpg and a.png) would overwrite each other's map: those keep their full name.
+        rel = f"{DEPTH}/{image if stem in self._shared_stems else stem}.png"
         target = os.path.join(self.output_dir, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         array = np.squeeze(np.asarray(array, dtype=np.float32))
@@ -354,3 +362,9 @@ class PredictionWriter(BasePredictionWriter):
             )
         except Exception:  # a picture is a convenience: never lose the prediction over it
             self.stats.overlay_failed += 1
+
+
+def _shared_stems(images: Iterable[str]) -> set[str]:
+    """Relative image paths without extension that more than one image has (a.jpg, a.png)."""
+    counts = Counter(os.path.splitext(image)[0] for image in images)
+    return {stem for stem, n in counts.items() if n > 1}
