@@ -1,4 +1,4 @@
-"""Command line: LightningCLI for fit / validate / test / predict, plus convert and evaluate.
+"""Command line: LightningCLI for fit / validate / test / predict, plus convert, evaluate, compare.
 
 ``main(args=None)`` is what the ``drivemtl`` script and ``python -m drivemtl`` call; tests call it
 directly with a list of arguments.
@@ -203,6 +203,10 @@ def main(args: list[str] | None = None) -> int:
             from drivemtl.evaluation import main as evaluate
 
             return evaluate(argv[1:])
+        if argv and argv[0] == "compare":
+            from drivemtl.mtl.compare import main as compare
+
+            return compare(argv[1:])
         # None lets LightningCLI read sys.argv itself (and not warn about being given both).
         run_lightning(None if args is None else argv)
     except DriveMTLError as e:

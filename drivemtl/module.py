@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from drivemtl.data.batch import Batch
@@ -14,6 +17,9 @@ from drivemtl.data.labels import DEFAULT_CLASSES
 from drivemtl.errors import DriveMTLError
 from drivemtl.models.backbones import Backbone
 from drivemtl.models.net import IMAGENET_MEAN, IMAGENET_STD, MultiTaskNet
+from drivemtl.mtl.affinity import affinity_report, write_affinity
+from drivemtl.mtl.granularity import resolve_loss_weights, restrict_report, task_terms, term_losses
+from drivemtl.mtl.objective import build_objective
 from drivemtl.tasks import build_tasks
 
 EVAL_STAGES = ("val", "test")
@@ -30,7 +36,26 @@ class MultiTaskModule(L.LightningModule):
         backbone: Torchvision backbone name (resnet, mobilenet_v3, efficientnet, regnet, convnext).
         weights: ``None`` (random init), a torchvision weights name, or a local state-dict file.
         tasks: ``{task name: {option: value}}``; the default trains presence only.
-        loss_weights: Fixed weight per task (default 1 each).
+        loss_weights: Fixed weight per task (default 1 each), by head or ``head/class``; the
+            weights of ``balancing: fixed``.
+        granularity: ``head``: each head is one task; ``class``: presence splits into one task
+            per class (``presence/pedestrian``, ...) for balancing, gradient methods and
+            diagnostics.
+        single_task: Train one task alone, a head (``depth``) or a class (``presence/car``):
+            the single-task baseline, from the same config. Other heads are not built; a
+            single class is scored (``metrics.json``) and predicted alone. It trains with a
+            fixed weight of 1 and no gradient method or diagnostics.
+        balancing: Loss balancing: ``fixed`` (default), ``uncertainty`` (Kendall et al.),
+            ``dwa`` (dynamic weight averaging), ``gradnorm``, or a mapping with options, e.g.
+            ``{method: dwa, temperature: 2.0}``, ``{method: gradnorm, alpha: 1.5, lr: 0.025}``,
+            ``{method: uncertainty, init: 0.0}``. See ``drivemtl.mtl.balancing``.
+        gradients: A gradient method on the shared parameters: ``pcgrad``, ``mgda``,
+            ``upgrad``, ``cagrad`` (needs ``drivemtl[solvers]``), or a mapping with options,
+            e.g. ``{method: cagrad, c: 0.4}``; ``null``: plain backward. Costs one backward
+            pass per task. See ``drivemtl.mtl.gradients``.
+        diagnose_every: Every this many steps, log the cosine between task gradients on the
+            shared parameters (``train/cos/<a>~<b>``) and accumulate the task affinity written
+            to ``task_affinity.json`` / ``.png`` at the end of fit; 0: off.
         image_size: Network input (height, width); linked from ``data.image_size``.
         mean: Normalisation mean on the [0, 1] scale.
         std: Normalisation std.
@@ -49,6 +74,11 @@ class MultiTaskModule(L.LightningModule):
         weights: str | None = None,
         tasks: dict[str, dict | None] | None = None,
         loss_weights: dict[str, float] | None = None,
+        granularity: Literal["head", "class"] = "head",
+        single_task: str | None = None,
+        balancing: str | dict[str, Any] = "fixed",
+        gradients: str | dict[str, Any] | None = None,
+        diagnose_every: int = 0,
         image_size: tuple[int, int] = (192, 320),
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
@@ -60,11 +90,32 @@ class MultiTaskModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.classes = list(classes)
-        self.tasks = build_tasks(tasks or {"presence": {}})
-        self.loss_weights = {name: 1.0 for name in self.tasks} | dict(loss_weights or {})
-        unknown = set(self.loss_weights) - set(self.tasks)
-        if unknown:
-            raise DriveMTLError(f"model.loss_weights names tasks not trained: {sorted(unknown)}")
+        configured = build_tasks(tasks or {"presence": {}})
+        self.terms = task_terms(configured, self.classes, granularity, single_task)
+        """The tasks that balancing, gradient methods and diagnostics see (heads or classes)."""
+        fixed = resolve_loss_weights(loss_weights, configured, self.classes, self.terms)
+        if single_task is None:
+            self.tasks = configured
+            self.objective = build_objective(
+                [t.name for t in self.terms], fixed, balancing, gradients, diagnose_every
+            )
+        else:
+            # The baseline: one head, weight 1, nothing that only makes sense for several tasks.
+            self.tasks = {self.terms[0].head: configured[self.terms[0].head]}
+            if balancing not in (None, "fixed") or gradients is not None or diagnose_every:
+                rank_zero_info(
+                    f"model.single_task={single_task}: trained alone with weight 1; "
+                    "model.balancing, model.gradients and model.diagnose_every do not apply."
+                )
+            self.objective = build_objective([single_task])
+        term = self.terms[0]
+        self.single_class = (
+            (term.head, self.classes[term.class_index])
+            if single_task is not None and term.class_index is not None
+            else None
+        )
+        """``(head, class)`` of a single-class baseline, whose reports and predictions keep
+        that class only."""
         trunk = Backbone(backbone, weights)
         try:
             heads = {n: t.build_head(trunk.channels, self.classes) for n, t in self.tasks.items()}
@@ -73,6 +124,11 @@ class MultiTaskModule(L.LightningModule):
         self.net = MultiTaskNet(trunk, heads, mean, std)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if self.objective.balancer.needs_gradient_norms and self._last_shared_layer() is None:
+            raise DriveMTLError(
+                "model.balancing gradnorm needs a shared layer, and this network shares no "
+                "weight tensor (net.shared_parameters())."
+            )
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict(
@@ -102,24 +158,89 @@ class MultiTaskModule(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
-    def _losses(self, outputs: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict]:
-        total, logs = 0.0, {}
-        for name, task in self.tasks.items():
-            loss, count = task.loss(outputs[name], batch)
-            total = total + self.loss_weights[name] * loss
-            logs[f"{name}/loss"] = loss.detach()
-            logs[f"{name}/labelled"] = float(count)
-        return total, logs
+    def _last_shared_layer(self) -> Tensor | None:
+        """The last shared weight tensor (not a bias or norm scale): GradNorm's layer."""
+        return next((p for p in reversed(self.net.shared_parameters()) if p.ndim >= 2), None)
+
+    def _loss_scale(self) -> float:
+        """The fp16 gradient scaler's current scale; 1 without one (fp32, bf16)."""
+        scaler = getattr(self._trainer, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+    def _parameter_split(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Trainable parameters: shared (combined by gradient methods) and all the others."""
+        shared = [p for p in self.net.shared_parameters() if p.requires_grad]
+        ids = {id(p) for p in shared}
+        return shared, [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        total, logs = self._losses(self(batch.images), batch)
+        losses = term_losses(self.terms, self.tasks, self(batch.images), batch)
+        gradnorm = self.objective.balancer.needs_gradient_norms
+        total, weights = self.objective(
+            losses,
+            self.net.sharing_penalty(),
+            step=self.trainer.global_step,
+            layer=self._last_shared_layer() if gradnorm else None,
+            loss_scale=self._loss_scale() if gradnorm else 1.0,
+        )
+        self._batch_size = len(batch)
+        logs = {}
+        for name, (loss, count) in losses.items():
+            logs[f"{name}/loss"] = loss.detach()
+            logs[f"{name}/labelled"] = float(count)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=len(batch))
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=len(batch))
+        self.log_dict({f"train/{k}": v for k, v in (logs | weights).items()}, batch_size=len(batch))
         return total
+
+    def backward(self, loss: Tensor, *args, **kwargs) -> None:
+        """Lightning's backward hook: a plain backward, or (gradient methods, diagnostic steps)
+        per-task gradients combined on the shared parameters by the multi-task objective."""
+        if not self.objective.wants_jacobian:
+            self.objective.discard()
+            loss.backward(*args, **kwargs)
+            return
+        shared, others = self._parameter_split()
+        logs = self.objective.backward(
+            loss,
+            shared,
+            others,
+            loss_scale=self._loss_scale(),
+            accumulate=self.trainer.accumulate_grad_batches,
+        )
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=self._batch_size)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.objective.before_optimizer_step()
+
+    def on_train_epoch_start(self) -> None:
+        self.objective.on_train_epoch_start()
+
+    def on_train_end(self) -> None:
+        """Write the task affinity and the suggested grouping into the run folder."""
+        affinity = self.objective.affinity
+        if affinity is None:
+            return
+        # log_dir is a collective call under DDP: every rank asks, rank 0 writes.
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if not self.trainer.is_global_zero or int(affinity.counts.sum()) == 0:
+            return
+        report = affinity_report(affinity, self.objective.diagnose_every)
+        json_path, _ = write_affinity(report, folder)
+        groups = " | ".join(", ".join(g) for g in report["grouping"]["groups"])
+        rank_zero_info(f"Task affinity: {json_path} (suggested networks: {groups})")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.objective.affinity is not None:
+            checkpoint["task_affinity"] = self.objective.affinity.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.objective.affinity is not None and "task_affinity" in checkpoint:
+            self.objective.affinity.load_state_dict(checkpoint["task_affinity"])
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
         outputs = self(batch.images)
-        total, _ = self._losses(outputs, batch)
+        losses = term_losses(self.terms, self.tasks, outputs, batch)
+        total = self.objective.weighted_sum(losses)
         self.log(f"{stage}/loss", total, sync_dist=True, batch_size=len(batch))
         for name, task in self.tasks.items():
             task.update_metric(self.metrics[stage][name], outputs[name], batch)
@@ -138,6 +259,8 @@ class MultiTaskModule(L.LightningModule):
             metric = self.metrics[stage][name]
             report[name] = task.report(metric, self.net.heads[name], choose_thresholds=choose)
             metric.reset()
+            if self.single_class is not None and self.single_class[0] == name:
+                report[name] = restrict_report(report[name], self.single_class[1])
             scalars.update(task.scalars(report[name]))
         if stage == "val":
             # Undefined (no labelled positive): logged as NaN, never as a fake 0.
@@ -159,10 +282,23 @@ class MultiTaskModule(L.LightningModule):
             fields = task.decode(outputs[name], self.net.heads[name], batch, self.classes)
             for row, extra in zip(rows, fields):
                 row.update(extra)
+        if self.single_class is not None:  # the other classes' outputs were never trained
+            kept = self.single_class[1]
+            for row in rows:
+                if "presence" in row:
+                    row["presence"] = {kept: row["presence"][kept]}
+                    row["present"] = [c for c in row["present"] if c == kept]
         return rows
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
+        own = list(self.objective.parameters())  # uncertainty's log-variances
+        if own:
+            ids = {id(p) for p in own}
+            rest = [p for p in self.parameters() if id(p) not in ids]
+            # No weight decay: it would pull every task weight towards 1.
+            optimizer = self.optimizer([{"params": rest}, {"params": own, "weight_decay": 0.0}])
+        else:
+            optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is not None:
             return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
         total = max(int(self.trainer.estimated_stepping_batches), 1)

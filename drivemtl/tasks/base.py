@@ -26,12 +26,15 @@ class Task(ABC):
             lower is (a depth error).
         needs_depth: Whether the data must decode depth maps for this task (the CLI then
             sets ``data.load_depth`` itself).
+        splits_by_class: Whether :meth:`class_losses` splits the loss into one term per
+            class, so that ``model.granularity: class`` makes each class a task of its own.
     """
 
     name: str
     monitor: str
     monitor_mode: str = "max"
     needs_depth: bool = False
+    splits_by_class: bool = False
 
     # ``output`` below is whatever the task's head returns: a tensor, or a dict of tensors
     # for heads with several outputs (detection's per-level logits and boxes).
@@ -46,6 +49,14 @@ class Task(ABC):
 
         A batch with no labelled entry must give a zero loss with finite gradients.
         """
+
+    def class_losses(self, output: Any, batch: Batch) -> list[tuple[Tensor, int]]:
+        """One ``(loss, labelled count)`` per class, each over that class's labelled entries.
+
+        Only for tasks with ``splits_by_class``; a class with no labelled entry gives a zero
+        loss with finite gradients and count 0.
+        """
+        raise NotImplementedError(f"task {self.name!r} does not split its loss by class")
 
     @abstractmethod
     def build_metric(self, classes: Sequence[str]) -> Metric:

@@ -36,6 +36,23 @@ def masked_bce(
     return loss, count
 
 
+def masked_bce_per_class(
+    logits: Tensor, labels: Tensor, pos_weight: Tensor | None = None
+) -> list[tuple[Tensor, int]]:
+    """:func:`masked_bce` of each class (column) over that class's labelled entries.
+
+    Returns:
+        One ``(loss, count)`` per class; a class with no labelled entry gives 0 and count 0.
+    """
+    mask = labels >= 0
+    per_entry = F.binary_cross_entropy_with_logits(
+        logits, labels.clamp(min=0).to(logits.dtype), pos_weight=pos_weight, reduction="none"
+    )
+    sums = torch.where(mask, per_entry, torch.zeros_like(per_entry)).sum(dim=0)
+    counts = mask.sum(dim=0).tolist()
+    return [(sums[c] / max(n, 1), int(n)) for c, n in enumerate(counts)]
+
+
 class PresenceHead(nn.Module):
     """Average and max pooling of the last feature maps, then one logit per class.
 
@@ -75,6 +92,7 @@ class PresenceTask(Task):
 
     name = "presence"
     monitor = "map"
+    splits_by_class = True
 
     def __init__(
         self, pos_weight: Sequence[float] | None = None, dropout: float = 0.2, stages: int = 2
@@ -95,6 +113,10 @@ class PresenceTask(Task):
     def loss(self, output: Tensor, batch: Batch) -> tuple[Tensor, int]:
         weight = None if self.pos_weight is None else self.pos_weight.to(output.device)
         return masked_bce(output, batch.presence, weight)
+
+    def class_losses(self, output: Tensor, batch: Batch) -> list[tuple[Tensor, int]]:
+        weight = None if self.pos_weight is None else self.pos_weight.to(output.device)
+        return masked_bce_per_class(output, batch.presence, weight)
 
     def build_metric(self, classes: Sequence[str]) -> PresenceMetric:
         return PresenceMetric(classes)

@@ -1,0 +1,156 @@
+"""Gradient methods and diagnostics through the objective, on losses with known gradients.
+
+Task losses are linear in a 2-D shared parameter, ``L_i = g_i . theta``, so their gradients
+are exactly the hand-picked vectors ``g_i``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from drivemtl.errors import DriveMTLError
+from drivemtl.mtl.balancing import FixedWeights
+from drivemtl.mtl.gradients import build_gradient_method
+from drivemtl.mtl.objective import MultiTaskObjective, build_objective
+
+G1 = torch.tensor([1.0, 0.0])
+G2 = torch.tensor([-1.0, 1.0])  # conflicts with G1: G1 . G2 = -1
+
+
+def _problem(g1=G1, g2=G2, counts=(3, 2)):
+    theta = torch.zeros(2, requires_grad=True)
+    head = torch.zeros((), requires_grad=True)  # task-specific: only task a uses it
+    losses = {
+        "a": ((g1 * theta).sum() + 3.0 * head, counts[0]),
+        "b": ((g2 * theta).sum(), counts[1]),
+    }
+    return theta, head, losses
+
+
+def _step(objective, losses, theta, head, **kwargs):
+    total, logs = objective(losses)
+    more = objective.backward(total, [theta], [head], **kwargs)
+    return total, {**logs, **more}
+
+
+def test_pcgrad_removes_the_conflicting_component():
+    theta, head, losses = _problem()
+    objective = MultiTaskObjective(["a", "b"], gradients=build_gradient_method("pcgrad"))
+    _, logs = _step(objective, losses, theta, head)
+    # g1' = g1 - (g1.g2 / |g2|^2) g2 = (0.5, 0.5); g2' = g2 - (g2.g1 / |g1|^2) g1 = (0, 1).
+    g1p, g2p = torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0])
+    assert float(g1p @ G2) == 0.0 and float(g2p @ G1) == 0.0
+    assert theta.grad.tolist() == pytest.approx((g1p + g2p).tolist())
+    # The head keeps its task's plain gradient.
+    assert head.grad.item() == 3.0
+    # Effective weights: theta.grad = 1.5 g1 + 1.5 g2... solved by hand: (0.5, 1.5) = a g1 + b g2
+    # -> b = 1.5, a = 2.0.
+    assert float(logs["weight/a"]) == pytest.approx(2.0)
+    assert float(logs["weight/b"]) == pytest.approx(1.5)
+
+
+def test_pcgrad_leaves_agreeing_gradients_alone():
+    theta, head, losses = _problem(g2=torch.tensor([1.0, 1.0]))
+    objective = MultiTaskObjective(["a", "b"], gradients=build_gradient_method("pcgrad"))
+    _step(objective, losses, theta, head)
+    assert theta.grad.tolist() == pytest.approx([2.0, 1.0])
+
+
+def test_mgda_takes_the_minimum_norm_point_of_the_convex_hull():
+    theta, head, losses = _problem()
+    objective = MultiTaskObjective(["a", "b"], gradients=build_gradient_method("mgda"))
+    _step(objective, losses, theta, head)
+    # min |t g1 + (1 - t) g2|: t = (g2 - g1).g2 / |g1 - g2|^2 = 3 / 5.
+    assert theta.grad.tolist() == pytest.approx((0.6 * G1 + 0.4 * G2).tolist(), abs=1e-4)
+
+
+def test_upgrad_never_conflicts_and_averages_agreeing_gradients():
+    theta, head, losses = _problem()
+    objective = MultiTaskObjective(["a", "b"], gradients=build_gradient_method("upgrad"))
+    _step(objective, losses, theta, head)
+    update = theta.grad
+    assert float(update @ G1) >= -1e-6 and float(update @ G2) >= -1e-6
+    # Each gradient projected onto the dual cone, then averaged: g1 -> (0.5, 0.5), g2 stays.
+    assert update.tolist() == pytest.approx([0.25, 0.75], abs=1e-3)
+
+    theta, head, losses = _problem(g2=torch.tensor([1.0, 1.0]))
+    objective = MultiTaskObjective(["a", "b"], gradients=build_gradient_method("upgrad"))
+    _step(objective, losses, theta, head)
+    assert theta.grad.tolist() == pytest.approx([1.0, 0.5], abs=1e-3)  # plain mean
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cvxpy") is None, reason="cvxpy not installed")
+def test_cagrad_with_c_zero_is_the_mean_gradient():
+    theta, head, losses = _problem()
+    method = build_gradient_method({"method": "cagrad", "c": 0.0})
+    _step(MultiTaskObjective(["a", "b"], gradients=method), losses, theta, head)
+    assert theta.grad.tolist() == pytest.approx(((G1 + G2) / 2).tolist(), abs=1e-4)
+
+
+def test_scaled_and_accumulated_gradients_match_a_plain_backward():
+    # Under fp16 the loss Lightning back-propagates is scaled by the GradScaler and divided by
+    # the accumulation; .grad must hold the update times the same factor.
+    theta, head, losses = _problem()
+    objective = MultiTaskObjective(["a", "b"], gradients=build_gradient_method("pcgrad"))
+    _step(objective, losses, theta, head, loss_scale=1024.0, accumulate=4)
+    assert theta.grad.tolist() == pytest.approx([0.5 * 256, 1.5 * 256])
+    assert head.grad.item() == 3.0 * 256
+    # Accumulation adds to existing gradients.
+    again = {"a": ((G1 * theta).sum() + 3.0 * head, 3), "b": ((G2 * theta).sum(), 2)}
+    _step(objective, again, theta, head)
+    assert theta.grad.tolist() == pytest.approx([0.5 * 257, 1.5 * 257])
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "mgda", "upgrad", "cagrad"])
+def test_an_absent_task_is_left_out_of_the_aggregation(method):
+    if method == "cagrad" and importlib.util.find_spec("cvxpy") is None:
+        pytest.skip("cvxpy not installed")
+    theta, head, losses = _problem(counts=(0, 2))
+    objective = MultiTaskObjective(["a", "b"], gradients=build_gradient_method(method))
+    total, logs = _step(objective, losses, theta, head)
+    # Only b is present: its gradient alone, a's weight not logged, nothing NaN.
+    assert theta.grad.tolist() == pytest.approx(G2.tolist(), abs=1e-5)
+    assert set(logs) == {"weight/b"} and torch.isfinite(total)
+    assert head.grad.item() == 0.0
+
+
+def test_diagnostics_log_the_cosine_and_keep_the_plain_sum():
+    theta, head, losses = _problem()
+    objective = MultiTaskObjective(["a", "b"], diagnose_every=2)
+    total, logs = objective(losses, step=4)
+    assert objective.wants_jacobian
+    logs |= objective.backward(total, [theta], [head])
+    assert logs["cos/a~b"] == pytest.approx(-1 / math.sqrt(2))
+    assert float(logs["weight/a"]) == 1.0
+    assert theta.grad.tolist() == pytest.approx((G1 + G2).tolist())
+    assert objective.affinity.counts[0, 1].item() == 1
+    # Off-steps are a plain backward.
+    theta, head, losses = _problem()
+    total, _ = objective(losses, step=5)
+    assert not objective.wants_jacobian
+
+
+def test_penalty_is_added_after_balancing_not_aggregated():
+    theta, head, losses = _problem()
+    objective = MultiTaskObjective(
+        ["a", "b"], FixedWeights(["a", "b"]), build_gradient_method("pcgrad")
+    )
+    penalty = 0.5 * (theta**2).sum() + (theta * torch.tensor([2.0, 0.0])).sum()
+    total, _ = objective(losses, penalty)
+    objective.backward(total, [theta], [head])
+    # PCGrad's (0.5, 1.5) plus the penalty's gradient at theta = 0: (2, 0).
+    assert theta.grad.tolist() == pytest.approx([2.5, 1.5])
+
+
+def test_bad_gradient_specs_are_clear_errors():
+    assert build_gradient_method(None) is None and build_gradient_method("none") is None
+    with pytest.raises(DriveMTLError, match="Unknown model.gradients method 'nashmtl'"):
+        build_gradient_method("nashmtl")
+    with pytest.raises(DriveMTLError, match=r"has no option \['alpha'\]"):
+        build_gradient_method({"method": "pcgrad", "alpha": 1})
+    with pytest.raises(DriveMTLError, match="diagnose_every must be >= 0"):
+        build_objective(["a"], diagnose_every=-1)
