@@ -74,6 +74,13 @@ def test_same_seed_gives_byte_identical_files(small, tmp_path):
     assert first == second
 
 
+def test_several_worker_processes_write_the_same_files(small, tmp_path):
+    parallel = generate_dataset(
+        tmp_path / "p", N, seed=SEED, config=SyntheticConfig(width=W, height=H), workers=3
+    )
+    assert all_files(parallel.parent) == all_files(small.parent)
+
+
 def test_other_seed_gives_other_images(small, tmp_path):
     other = generate_dataset(
         tmp_path / "c", 4, seed=SEED + 1, config=SyntheticConfig(width=W, height=H)

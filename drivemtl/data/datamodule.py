@@ -159,6 +159,7 @@ class DriveDataModule(L.LightningDataModule):
                 config=config,
                 classes=self.classes,
                 progress=True,
+                workers=_usable_cores(),
             )
             partial.rename(target)
 
@@ -244,6 +245,14 @@ class DriveDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=seed_worker_transform if workers > 0 else None,
         )
+
+
+def _usable_cores() -> int:
+    """CPU cores this process may run on (a container's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:

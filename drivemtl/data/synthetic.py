@@ -46,8 +46,11 @@ can be split across processes.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
+import multiprocessing
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -268,6 +271,7 @@ def generate_dataset(
     config: SyntheticConfig | None = None,
     classes: Sequence[str] = DEFAULT_CLASSES,
     progress: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Render a data set: ``images/``, ``depth/`` and a JSONL manifest in ``out_dir``.
 
@@ -278,6 +282,8 @@ def generate_dataset(
         config: Size, dropout and scene knobs; defaults to ``SyntheticConfig()``.
         classes: Classes to draw and label, a subset of ``RENDERABLE_CLASSES``.
         progress: Show a progress bar.
+        workers: Processes to render with; the output is identical for any number, since
+            every image has its own seed.
 
     Returns:
         The path of ``manifest.jsonl``.
@@ -301,12 +307,19 @@ def generate_dataset(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "depth").mkdir(parents=True, exist_ok=True)
-    indices = range(num_images)
-    if progress:
-        from tqdm import tqdm
+    render = functools.partial(_generate_one, out_dir, seed=seed, config=config, classes=classes)
+    workers = max(1, min(int(workers), num_images))
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            entries = map(render, range(num_images))
+        else:
+            pool = stack.enter_context(multiprocessing.Pool(workers))
+            entries = pool.imap(render, range(num_images), chunksize=16)  # keeps the order
+        if progress:
+            from tqdm import tqdm
 
-        indices = tqdm(indices, desc="synthetic images", unit="img")
-    entries = [_generate_one(out_dir, i, seed, config, classes) for i in indices]
+            entries = tqdm(entries, total=num_images, desc="synthetic images", unit="img")
+        entries = list(entries)
     return write_manifest(entries, out_dir / "manifest.jsonl")
 
 
