@@ -17,6 +17,7 @@ from drivemtl.data.labels import DEFAULT_CLASSES
 from drivemtl.errors import DriveMTLError
 from drivemtl.models.backbones import Backbone
 from drivemtl.models.net import IMAGENET_MEAN, IMAGENET_STD, MultiTaskNet
+from drivemtl.models.sharing import build_trunk
 from drivemtl.mtl.affinity import affinity_report, write_affinity
 from drivemtl.mtl.granularity import resolve_loss_weights, restrict_report, task_terms, term_losses
 from drivemtl.mtl.objective import build_objective
@@ -36,6 +37,9 @@ class MultiTaskModule(L.LightningModule):
         backbone: Torchvision backbone name (resnet, mobilenet_v3, efficientnet, regnet, convnext).
         weights: ``None`` (random init), a torchvision weights name, or a local state-dict file.
         tasks: ``{task name: {option: value}}``; the default trains presence only.
+        sharing: ``{strategy: {option: value}}``, one of ``hard`` (default), ``partial``
+            (``branch: {task: shared stages}``), ``soft`` (``weight``) or ``mmoe``
+            (``experts``, ``stem_stages``); see :mod:`drivemtl.models.sharing`.
         loss_weights: Fixed weight per task (default 1 each), by head or ``head/class``; the
             weights of ``balancing: fixed``.
         granularity: ``head``: each head is one task; ``class``: presence splits into one task
@@ -73,6 +77,7 @@ class MultiTaskModule(L.LightningModule):
         backbone: str = "resnet18",
         weights: str | None = None,
         tasks: dict[str, dict | None] | None = None,
+        sharing: dict[str, dict | None] | None = None,
         loss_weights: dict[str, float] | None = None,
         granularity: Literal["head", "class"] = "head",
         single_task: str | None = None,
@@ -116,7 +121,7 @@ class MultiTaskModule(L.LightningModule):
         )
         """``(head, class)`` of a single-class baseline, whose reports and predictions keep
         that class only."""
-        trunk = Backbone(backbone, weights)
+        trunk = build_trunk(sharing, Backbone(backbone, weights), list(self.tasks))
         try:
             heads = {n: t.build_head(trunk.channels, self.classes) for n, t in self.tasks.items()}
         except ValueError as e:

@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from drivemtl.errors import DriveMTLError
 
@@ -39,22 +38,34 @@ def available_backbones() -> list[str]:
     return sorted(n for n in names if n.startswith(SUPPORTED_FAMILIES))
 
 
-def _stage_nodes(name: str, model: nn.Module) -> list[str]:
-    """Graph nodes that end each stride stage (the last block at strides 4, 8, 16, 32)."""
+def _layers(name: str, model: nn.Module) -> list[nn.Module]:
+    """The classifier's feature layers in forward order (pooling and classifier left out)."""
     family = _family(name)
     if family in ("resnet", "resnext", "wide_resnet"):
-        return ["layer1", "layer2", "layer3", "layer4"]
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        return [getattr(model, n) for n in names]
     if family == "regnet":
-        return [f"trunk_output.block{i}" for i in range(1, 5)]
-    # mobilenet_v3, efficientnet, convnext: a `features` Sequential; probe where stride changes.
-    x = torch.zeros(1, 3, 64, 64)
+        return [model.stem, *model.trunk_output]
+    return list(model.features)  # mobilenet_v3, efficientnet, convnext
+
+
+def _split_stages(layers: list[nn.Module]) -> list[nn.Sequential]:
+    """Cut the layers into four stages that end at strides 4, 8, 16 and 32.
+
+    Probing the output size after each layer finds the cuts for every family alike; a stage
+    ends at the last layer of its stride, so stride-changing layers open the next stage.
+    """
+    size, x = 64, torch.zeros(1, 3, 64, 64)
     last_at_size: dict[int, int] = {}
     with torch.no_grad():
-        for i, block in enumerate(model.features):
-            x = block(x)
+        for i, layer in enumerate(layers):
+            was_training = layer.training
+            x = layer.eval()(x)
+            layer.train(was_training)
             last_at_size[x.shape[-1]] = i
-    sizes = [64 // s for s in (4, 8, 16, 32)]
-    return [f"features.{last_at_size[s]}" for s in sizes]
+    ends = [last_at_size[size // stride] for stride in (4, 8, 16, 32)]
+    starts = [0] + [e + 1 for e in ends[:-1]]
+    return [nn.Sequential(*layers[a : b + 1]) for a, b in zip(starts, ends)]
 
 
 def _load_weights(name: str, weights: str | None) -> nn.Module:
@@ -89,7 +100,10 @@ def _load_weights(name: str, weights: str | None) -> nn.Module:
 
 
 class Backbone(nn.Module):
-    """A torchvision classifier cut into four feature stages.
+    """A torchvision classifier cut into four feature stages (strides 4, 8, 16, 32).
+
+    The stages are plain modules in :attr:`stages`, so sharing strategies can share the first
+    ones between tasks and copy the rest.
 
     Args:
         name: Torchvision model name, e.g. ``resnet18``.
@@ -106,14 +120,16 @@ class Backbone(nn.Module):
             model = _load_weights(name, weights)
         except ValueError as e:
             raise DriveMTLError(f"Unknown backbone {name!r}: {e}") from None
-        nodes = _stage_nodes(name, model)
-        self.body = create_feature_extractor(model, {n: str(i) for i, n in enumerate(nodes)})
+        self.stages = nn.ModuleList(_split_stages(_layers(name, model)))
         with torch.no_grad():
-            was_training = self.body.training
-            self.body.eval()
-            feats = self.body(torch.zeros(1, 3, 64, 64))
-            self.body.train(was_training)
-        self.channels = [f.shape[1] for f in feats.values()]
+            features = self.eval()(torch.zeros(1, 3, 64, 64))
+        self.train()
+        self.channels = [f.shape[1] for f in features]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.body(x).values())
+    def forward(self, x: torch.Tensor, start: int = 0, stop: int = 4) -> list[torch.Tensor]:
+        """Feature maps of stages ``start`` to ``stop - 1``, fed ``x`` (the image when start=0)."""
+        features = []
+        for stage in self.stages[start:stop]:
+            x = stage(x)
+            features.append(x)
+        return features

@@ -1,0 +1,239 @@
+"""Parameter-sharing strategies: how the tasks' feature extractors relate to each other.
+
+Every strategy is a trunk that maps normalised images to one list of four feature maps
+(strides 4, 8, 16, 32) per task, so any head works with any strategy:
+
+- ``hard`` (default): one backbone for all tasks.
+- ``partial``: the first ``k`` backbone stages are shared, each task has its own copy of the
+  rest; ``k`` per task, so tasks branch at different depths.
+- ``soft``: one backbone per task, tied by an L2 penalty between corresponding parameters
+  (Duong et al. 2015).
+- ``mmoe``: multi-gate mixture of experts (Ma et al. 2018): ``k`` shared stem stages, then
+  ``experts`` copies of the remaining stages; each task mixes the experts' feature maps with
+  a softmax gate computed from the stem's pooled features.
+
+Copies start from the same weights as the shared backbone (identical initialisation), so a
+soft-sharing penalty starts at zero and a ``weights`` file initialises every copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from drivemtl.errors import DriveMTLError
+from drivemtl.models.backbones import Backbone
+
+NUM_STAGES = 4
+
+
+class Trunk(nn.Module, ABC):
+    """Images to per-task feature maps.
+
+    Attributes:
+        channels: Channels of the four feature maps every task receives.
+        tasks: Task names, in order.
+    """
+
+    def __init__(self, backbone: Backbone, tasks: Sequence[str]):
+        super().__init__()
+        self.channels = list(backbone.channels)
+        self.tasks = list(tasks)
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
+        """Each task's four feature maps."""
+
+    @abstractmethod
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters that every task's loss reaches (empty when no parameter is shared)."""
+
+    def penalty(self) -> Tensor:
+        """A regulariser added to the training loss; zero unless the strategy ties copies."""
+        return next(self.parameters()).new_zeros(())
+
+
+class HardSharing(Trunk):
+    """One backbone, run once, whose features feed every head."""
+
+    def __init__(self, backbone: Backbone, tasks: Sequence[str]):
+        super().__init__(backbone, tasks)
+        self.backbone = backbone
+
+    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
+        features = self.backbone(x)
+        return dict.fromkeys(self.tasks, features)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+
+class PartialSharing(Trunk):
+    """The first ``branch[task]`` stages shared, a private copy of the remaining ones per task.
+
+    Args:
+        backbone: The backbone whose stages are shared or copied.
+        tasks: Task names.
+        branch: Shared stages per task, 0 (a separate network) to 4 (hard sharing);
+            tasks left out share all four.
+    """
+
+    def __init__(
+        self, backbone: Backbone, tasks: Sequence[str], branch: Mapping[str, int] | None = None
+    ):
+        super().__init__(backbone, tasks)
+        branch = dict(branch or {})
+        unknown = sorted(set(branch) - set(tasks))
+        if unknown:
+            raise ValueError(f"partial sharing: branch names tasks not trained: {unknown}")
+        for name, k in branch.items():
+            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= NUM_STAGES:
+                raise ValueError(f"partial sharing: branch[{name!r}] must be 0 to 4, got {k!r}")
+        self.branch = {t: branch.get(t, NUM_STAGES) for t in tasks}
+        deepest = max(self.branch.values())
+        # Private copies are taken before the shared stages are trimmed to what some task uses.
+        self.private = nn.ModuleDict(
+            {t: copy.deepcopy(backbone.stages[k:]) for t, k in self.branch.items()}
+        )
+        self.shared = backbone.stages[:deepest]
+
+    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
+        shared = []
+        h = x
+        for stage in self.shared:
+            h = stage(h)
+            shared.append(h)
+        out = {}
+        for task, k in self.branch.items():
+            features = shared[:k]
+            h = features[-1] if k else x
+            for stage in self.private[task]:
+                h = stage(h)
+                features = [*features, h]
+            out[task] = features
+        return out
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        reached_by_all = min(self.branch.values())
+        return [p for stage in self.shared[:reached_by_all] for p in stage.parameters()]
+
+
+class SoftSharing(Trunk):
+    """One backbone per task; ``weight`` times the summed squared distance of every pair.
+
+    Args:
+        backbone: Copied once per task.
+        tasks: Task names.
+        weight: Strength of the L2 penalty between corresponding parameters.
+    """
+
+    def __init__(self, backbone: Backbone, tasks: Sequence[str], weight: float = 1e-3):
+        super().__init__(backbone, tasks)
+        if weight < 0:
+            raise ValueError(f"soft sharing: weight must be >= 0, got {weight}")
+        self.weight = float(weight)
+        self.backbones = nn.ModuleDict({t: copy.deepcopy(backbone) for t in tasks})
+
+    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
+        return {task: net(x) for task, net in self.backbones.items()}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def penalty(self) -> Tensor:
+        nets = list(self.backbones.values())
+        total = next(self.parameters()).new_zeros(())
+        for i, a in enumerate(nets):
+            for b in nets[i + 1 :]:
+                for p, q in zip(a.parameters(), b.parameters()):
+                    total = total + (p - q).pow(2).sum()
+        return self.weight * total
+
+
+class MixtureOfExperts(Trunk):
+    """Multi-gate mixture of experts over a shared stem.
+
+    Args:
+        backbone: Its first ``stem_stages`` stages form the shared stem; the rest is copied
+            into each expert.
+        tasks: Task names; each gets its own gate.
+        experts: Number of experts.
+        stem_stages: Stages in the shared stem, 1 to 3 (the gate reads the stem's output).
+    """
+
+    def __init__(
+        self, backbone: Backbone, tasks: Sequence[str], experts: int = 3, stem_stages: int = 1
+    ):
+        super().__init__(backbone, tasks)
+        if isinstance(experts, bool) or not isinstance(experts, int) or experts < 1:
+            raise ValueError(f"mmoe: experts must be a positive integer, got {experts!r}")
+        if not 1 <= stem_stages <= NUM_STAGES - 1:
+            raise ValueError(f"mmoe: stem_stages must be 1 to 3, got {stem_stages!r}")
+        self.stem = backbone.stages[:stem_stages]
+        self.experts = nn.ModuleList(
+            [copy.deepcopy(backbone.stages[stem_stages:]) for _ in range(experts)]
+        )
+        self.gates = nn.ModuleDict(
+            {t: nn.Linear(self.channels[stem_stages - 1], experts) for t in tasks}
+        )
+
+    def gate_weights(self, stem_output: Tensor) -> dict[str, Tensor]:
+        """Per task, (B, experts) softmax weights from the stem's globally pooled features."""
+        pooled = stem_output.mean(dim=(2, 3)).float()
+        return {t: torch.softmax(gate(pooled), dim=1) for t, gate in self.gates.items()}
+
+    def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
+        stem = []
+        for stage in self.stem:
+            x = stage(x)
+            stem.append(x)
+        per_expert = []  # per_expert[e][j]: expert e's j-th feature map
+        for expert in self.experts:
+            h, maps = x, []
+            for stage in expert:
+                h = stage(h)
+                maps.append(h)
+            per_expert.append(maps)
+        out = {}
+        for task, weights in self.gate_weights(x).items():
+            mixed = []
+            for j in range(len(per_expert[0])):
+                stacked = torch.stack([maps[j] for maps in per_expert], dim=1)  # (B, E, C, H, W)
+                w = weights.to(stacked.dtype).view(*weights.shape, 1, 1, 1)
+                mixed.append((w * stacked).sum(dim=1))
+            out[task] = stem + mixed
+        return out
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.stem.parameters()) + list(self.experts.parameters())
+
+
+SHARING: dict[str, type[Trunk]] = {
+    "hard": HardSharing,
+    "partial": PartialSharing,
+    "soft": SoftSharing,
+    "mmoe": MixtureOfExperts,
+}
+
+
+def build_trunk(
+    spec: Mapping[str, Mapping | None] | None, backbone: Backbone, tasks: Sequence[str]
+) -> Trunk:
+    """The trunk named by the config's ``{strategy: {option: value}}`` (default: hard sharing)."""
+    spec = dict(spec or {"hard": {}})
+    if len(spec) != 1:
+        raise DriveMTLError(
+            f"model.sharing names one strategy, e.g. {{partial: {{branch: {{depth: 2}}}}}}; "
+            f"got {sorted(spec)}. Strategies: {sorted(SHARING)}."
+        )
+    ((name, options),) = spec.items()
+    if name not in SHARING:
+        raise DriveMTLError(f"Unknown sharing strategy {name!r}; known: {sorted(SHARING)}.")
+    try:
+        return SHARING[name](backbone, tasks, **(options or {}))
+    except (TypeError, ValueError) as e:
+        raise DriveMTLError(f"Bad options for sharing strategy {name!r}: {e}") from None
