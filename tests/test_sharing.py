@@ -1,0 +1,173 @@
+"""Sharing strategies: stage cuts, what is shared, the soft penalty and the MMoE gates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from drivemtl.errors import DriveMTLError
+from drivemtl.models.backbones import Backbone, _layers, _split_stages
+from drivemtl.models.sharing import (
+    HardSharing,
+    MixtureOfExperts,
+    PartialSharing,
+    SoftSharing,
+    build_trunk,
+)
+from drivemtl.module import MultiTaskModule
+
+TASKS = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def backbone() -> Backbone:
+    torch.manual_seed(0)
+    return Backbone("resnet18").eval()
+
+
+def image(seed: int = 1) -> torch.Tensor:
+    return torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "name, nodes",
+    [
+        ("resnet18", ["layer1", "layer2", "layer3", "layer4"]),
+        ("mobilenet_v3_small", ["features.1", "features.3", "features.8", "features.12"]),
+    ],
+)
+def test_stages_give_the_same_maps_as_torchvision_feature_extraction(name, nodes):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    stages = _split_stages(_layers(name, model))
+    reference = create_feature_extractor(model, {n: n for n in nodes})
+    x = image()
+    with torch.no_grad():
+        expected = list(reference(x).values())
+        got = []
+        for stage in stages:
+            x = stage(x)
+            got.append(x)
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+
+
+def test_hard_sharing_feeds_every_task_the_same_maps(backbone):
+    trunk = HardSharing(backbone, TASKS)
+    out = trunk(image())
+    assert all(out[t] is out["a"] for t in TASKS)
+    assert len(trunk.shared_parameters()) == len(list(backbone.parameters()))
+
+
+def test_partial_sharing_shares_the_first_k_stages_only(backbone):
+    trunk = PartialSharing(backbone, ["a", "b"], branch={"a": 2})  # b shares all four
+    with torch.no_grad():
+        for p in trunk.private["a"].parameters():  # make a's copy differ from b's stages
+            p.add_(0.01)
+    out = trunk(image())
+    assert out["a"][0] is out["b"][0] and out["a"][1] is out["b"][1]
+    assert not torch.allclose(out["a"][3], out["b"][3])
+    # a's loss reaches the shared stages and a's private copy, never b's stages 3-4.
+    out["a"][3].sum().backward()
+    shared = {id(p) for p in trunk.shared_parameters()}
+    assert shared == {id(p) for s in trunk.shared[:2] for p in s.parameters()}
+    assert all(p.grad is not None for p in trunk.shared_parameters())
+    assert all(p.grad is None for p in trunk.shared[2:].parameters())
+    assert all(p.grad is not None for p in trunk.private["a"].parameters())
+
+
+def test_partial_sharing_with_zero_stages_is_separate_networks(backbone):
+    trunk = PartialSharing(backbone, ["a", "b"], branch={"a": 0, "b": 0})
+    assert trunk.shared_parameters() == [] and len(trunk.shared) == 0
+    out = trunk(image())
+    torch.testing.assert_close(out["a"][3], out["b"][3])  # identical copies, separate weights
+    assert out["a"][3] is not out["b"][3]
+
+
+def test_soft_sharing_penalty_is_zero_for_identical_trunks_and_pairwise_l2_otherwise(backbone):
+    trunk = SoftSharing(backbone, TASKS, weight=0.5)
+    assert trunk.penalty().item() == 0.0
+    first = next(trunk.backbones["a"].parameters())
+    with torch.no_grad():
+        first.add_(0.1)
+    # a differs from b and from c by 0.1 in every entry of one tensor; b and c are equal.
+    expected = 0.5 * 2 * first.numel() * 0.1**2
+    assert trunk.penalty().item() == pytest.approx(expected, rel=1e-4)
+    assert trunk.shared_parameters() == []
+
+
+def test_mmoe_gates_sum_to_one_and_mix_the_experts(backbone):
+    torch.manual_seed(3)
+    trunk = MixtureOfExperts(backbone, TASKS, experts=2, stem_stages=1)
+    with torch.no_grad():
+        for p in trunk.experts[1].parameters():
+            p.mul_(0.9)
+        x = image()
+        out = trunk(x)
+        stem = trunk.stem[0](x)
+        gates = trunk.gate_weights(stem)
+        expert_maps = [trunk.experts[e][0](stem) for e in range(2)]
+    for task in TASKS:
+        assert gates[task].shape == (2, 2)
+        torch.testing.assert_close(gates[task].sum(dim=1), torch.ones(2))
+        w = gates[task]
+        mixed = (
+            w[:, 0, None, None, None] * expert_maps[0] + w[:, 1, None, None, None] * expert_maps[1]
+        )
+        torch.testing.assert_close(out[task][1], mixed)
+        torch.testing.assert_close(out[task][0], stem)
+
+
+def test_mmoe_with_one_expert_equals_the_backbone(backbone):
+    trunk = MixtureOfExperts(backbone, ["a"], experts=1, stem_stages=2)
+    x = image()
+    with torch.no_grad():
+        expected = backbone(x)
+        got = trunk(x)["a"]
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"hard": {}, "soft": {}}, "names one strategy"),
+        ({"tree": {}}, "Unknown sharing strategy"),
+        ({"partial": {"branch": {"z": 1}}}, "tasks not trained"),
+        ({"partial": {"branch": {"a": 5}}}, "must be 0 to 4"),
+        ({"soft": {"weight": -1}}, "must be >= 0"),
+        ({"mmoe": {"experts": 0}}, "positive integer"),
+        ({"mmoe": {"stem_stages": 4}}, "1 to 3"),
+        ({"mmoe": {"gates": 2}}, "Bad options"),
+    ],
+)
+def test_bad_sharing_options_name_the_problem(backbone, spec, message):
+    with pytest.raises(DriveMTLError, match=message):
+        build_trunk(spec, backbone, ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "sharing",
+    [
+        {"hard": {}},
+        {"partial": {"branch": {"presence": 2, "depth": 3}}},
+        {"soft": {"weight": 0.01}},
+        {"mmoe": {"experts": 2}},
+    ],
+)
+def test_every_parameter_gets_a_gradient_with_two_heads(sharing):
+    """No unused parameter: DDP needs every parameter in the graph of the loss."""
+    model = MultiTaskModule(
+        backbone="mobilenet_v3_small",
+        tasks={"presence": {}, "depth": {}},
+        sharing=sharing,
+        image_size=(64, 96),
+    )
+    outputs = model(torch.randint(0, 255, (2, 3, 64, 96), dtype=torch.uint8))
+    loss = sum(o.float().mean() for o in outputs.values()) + model.net.sharing_penalty()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
