@@ -51,16 +51,21 @@ class TaskAffinity:
         self.counts = torch.zeros(m, m, dtype=torch.long)
 
     def update(self, jacobian: Tensor, names: Sequence[str]) -> dict[str, float]:
+        """Add one step's cosines, from the gradients ``jacobian`` (k, n) of tasks ``names``."""
+        return self.update_from_gramian(jacobian.float() @ jacobian.float().T, names)
+
+    def update_from_gramian(self, gramian: Tensor, names: Sequence[str]) -> dict[str, float]:
         """Add one step's cosines.
 
         Args:
-            jacobian: (k, n) gradients of the tasks ``names`` (a subset of :attr:`tasks`).
+            gramian: (k, k) inner products of the gradients of the tasks ``names`` (a subset of
+                :attr:`tasks`).
             names: The task of each row.
 
         Returns:
             ``{"<a>~<b>": cosine}`` for every pair whose gradients are both non-zero.
         """
-        cos = cosine_matrix(jacobian).cpu().double()
+        cos = cosine_from_gramian(gramian).cpu().double()
         index = [self.tasks.index(n) for n in names]
         out = {}
         for a, b in itertools.combinations(range(len(names)), 2):
@@ -98,14 +103,19 @@ class TaskAffinity:
         return True
 
 
-def cosine_matrix(rows: Tensor) -> Tensor:
-    """(k, k) cosine similarity of the rows of ``rows``; NaN where a row is zero."""
-    rows = rows.float()
-    norms = rows.norm(dim=1)
-    gram = rows @ rows.T
-    cos = gram / (norms[:, None] * norms[None, :])
+def cosine_from_gramian(gramian: Tensor) -> Tensor:
+    """(k, k) cosines from the Gramian of k vectors; NaN where a vector is zero."""
+    gramian = gramian.double()
+    norms = torch.diagonal(gramian).clamp(min=0).sqrt()
+    cos = (gramian / (norms[:, None] * norms[None, :])).clamp(-1.0, 1.0)
     zero = norms == 0
     return cos.masked_fill(zero[:, None] | zero[None, :], math.nan)
+
+
+def cosine_matrix(rows: Tensor) -> Tensor:
+    """(k, k) cosine similarity of the rows of ``rows``; NaN where a row is zero."""
+    rows = rows.double()
+    return cosine_from_gramian(rows @ rows.T)
 
 
 def _partitions(n: int):

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
-from torchjd.aggregation import MGDA, CAGrad, PCGrad, UPGrad, WeightedAggregator
+from torchjd.aggregation import MGDA, CAGrad, GramianWeightedAggregator, PCGrad, UPGrad
 from torchjd.linalg import QuadprogProjector
 
 from drivemtl.errors import DriveMTLError
@@ -36,23 +36,23 @@ from drivemtl.mtl._config import instantiate, parse_spec
 from drivemtl.mtl.distributed import broadcast
 
 
-def _pcgrad() -> WeightedAggregator:
+def _pcgrad() -> GramianWeightedAggregator:
     return PCGrad()
 
 
-def _mgda(epsilon: float = 0.001, max_iters: int = 100) -> WeightedAggregator:
+def _mgda(epsilon: float = 0.001, max_iters: int = 100) -> GramianWeightedAggregator:
     return MGDA(epsilon=epsilon, max_iters=max_iters)
 
 
-def _upgrad(norm_eps: float = 0.0001, reg_eps: float = 0.0001) -> WeightedAggregator:
+def _upgrad(norm_eps: float = 0.0001, reg_eps: float = 0.0001) -> GramianWeightedAggregator:
     return UPGrad(projector=QuadprogProjector(norm_eps=norm_eps, reg_eps=reg_eps))
 
 
-def _cagrad(c: float = 0.4) -> WeightedAggregator:
+def _cagrad(c: float = 0.4) -> GramianWeightedAggregator:
     return CAGrad(c=c)
 
 
-AGGREGATORS: dict[str, Callable[..., WeightedAggregator]] = {
+AGGREGATORS: dict[str, Callable[..., GramianWeightedAggregator]] = {
     "pcgrad": _pcgrad,
     "mgda": _mgda,
     "upgrad": _upgrad,
@@ -65,30 +65,32 @@ class GradientMethod(nn.Module):
 
     Args:
         name: The method's name in the config.
-        aggregator: A TorchJD aggregator that weights the rows of its input
-            (``WeightedAggregator``: every method above).
+        aggregator: A TorchJD aggregator whose weights depend on the Jacobian ``J`` through its
+            Gramian ``J J^T`` only (``GramianWeightedAggregator``: every method above), so the
+            glue computes the m x m Gramian once and never hands the aggregator the n columns.
     """
 
-    def __init__(self, name: str, aggregator: WeightedAggregator):
+    def __init__(self, name: str, aggregator: GramianWeightedAggregator):
         super().__init__()
         self.name = name
         self.aggregator = aggregator
 
-    def weights(self, jacobian: Tensor) -> Tensor:
-        """The weight of each row of ``jacobian`` (m, n); the update is ``weights @ jacobian``.
+    def weights(self, gramian: Tensor) -> Tensor:
+        """The weight of each task, from the Gramian ``J J^T`` (m, m) of the task Jacobian ``J``;
+        the update is ``weights @ J``.
 
         Every process holds the same (all-reduced) Jacobian, but a method may draw random numbers
         (PCGrad's order) or run a solver: rank 0's weights are broadcast so that every process
         applies exactly the same update.
         """
-        if jacobian.shape[0] == 1:
-            return jacobian.new_ones(1)
-        weights = self.aggregator.weighting(jacobian.float()).to(jacobian)
+        if gramian.shape[0] == 1:
+            return gramian.new_ones(1)
+        weights = self.aggregator.gramian_weighting(gramian.float()).to(gramian)
         return broadcast(weights.contiguous())
 
     def aggregate(self, jacobian: Tensor) -> Tensor:
-        """The combined update direction, shape (n,)."""
-        return self.weights(jacobian) @ jacobian
+        """The combined update direction ``weights @ J``, shape (n,)."""
+        return self.weights(jacobian @ jacobian.T) @ jacobian
 
     def extra_repr(self) -> str:
         return f"{self.name}: {self.aggregator!r}"

@@ -209,14 +209,23 @@ class MultiTaskObjective(nn.Module):
             loss.backward()
             return {}
         names = list(pending.terms)
-        params = [*shared, *others]
-        sizes = [p.numel() for p in params]
-        n_shared = sum(sizes[: len(shared)])
+        m = len(names)
+        shared_sizes = [p.numel() for p in shared]
+        other_sizes = [p.numel() for p in others]
+        n_shared, n_other = sum(shared_sizes), sum(other_sizes)
         penalty = pending.penalty
         has_penalty = isinstance(penalty, Tensor) and penalty.requires_grad
-        # Rows 0..m-1: each task's gradient; row m: the penalty's, which is not a task.
-        rows = torch.zeros(len(names) + 1, sum(sizes), device=loss.device)
+        # One flat buffer, so that DDP needs a single all_reduce: the task Jacobian on the
+        # shared parameters (m x n_shared), the summed gradient of everything else, and the
+        # penalty's gradient on the shared parameters (it is not a task: added after).
+        buffer = torch.empty(m * n_shared + n_other + has_penalty * n_shared, device=loss.device)
+        jacobian = buffer[: m * n_shared].view(m, n_shared)
+        rest = buffer[m * n_shared :]
+        rest.zero_()
+        own = rest[:n_other]
+        penalty_grad = rest[n_other:]
         objectives = [pending.terms[n] for n in names] + ([penalty] if has_penalty else [])
+        params = [*shared, *others]
         for k, objective in enumerate(objectives):
             grads = torch.autograd.grad(
                 objective * loss_scale,
@@ -224,36 +233,52 @@ class MultiTaskObjective(nn.Module):
                 retain_graph=k < len(objectives) - 1,
                 allow_unused=True,
             )
+            row = jacobian[k] if k < m else penalty_grad
             offset = 0
-            for g, size in zip(grads, sizes):
-                if g is not None:
-                    rows[k, offset : offset + size] = g.reshape(-1)
+            for p, g, size in zip(shared, grads, shared_sizes):
+                target = row[offset : offset + size].view(p.shape)
+                if g is None:
+                    target.zero_()
+                else:
+                    target.copy_(g)  # one strided copy, whatever p's layout
                 offset += size
-        rows.div_(loss_scale)
-        all_reduce_mean(rows)  # one collective for everything
+            offset = 0
+            for p, g, size in zip(others, grads[len(shared) :], other_sizes):
+                if g is not None:
+                    own[offset : offset + size].view(p.shape).add_(g)
+                offset += size
+        if loss_scale != 1.0:
+            buffer.div_(loss_scale)
+        all_reduce_mean(buffer)
 
-        m = len(names)
-        jacobian = rows[:m, :n_shared]
+        # Everything a method needs is in the m x m Gramian; a non-finite entry anywhere in
+        # the Jacobian (an fp16 overflow) shows there too.
+        gramian = jacobian @ jacobian.T
+        finite = n_shared > 0 and bool(torch.isfinite(gramian).all())
         logs: dict[str, Tensor | float] = {}
-        finite = bool(torch.isfinite(rows).all())
-        if pending.diagnose and finite and n_shared > 0:
-            logs.update({f"cos/{k}": v for k, v in self.affinity.update(jacobian, names).items()})
+        if pending.diagnose and finite:
+            cosines = self.affinity.update_from_gramian(gramian, names)
+            logs.update({f"cos/{k}": v for k, v in cosines.items()})
         applied = jacobian.new_ones(m)
-        if self.gradients is not None and finite and n_shared > 0:
-            applied = self.gradients.weights(jacobian)
         if self.gradients is not None and finite:
+            applied = self.gradients.weights(gramian)
             index = [self.tasks.index(n) for n in names]
             effective = pending.weights.to(applied)[index] * applied
             logs.update({f"weight/{n}": effective[k] for k, n in enumerate(names)})
 
-        update = torch.cat([applied @ jacobian + rows[m, :n_shared], rows[:, n_shared:].sum(dim=0)])
-        update.mul_(loss_scale / accumulate)
-        for p, g in zip(params, update.split(sizes)):
-            g = g.view(p.shape)
-            if p.grad is None:
-                p.grad = torch.empty_like(p).copy_(g)  # keeps p's layout (channels-last)
-            else:
-                p.grad.add_(g)
+        factor = loss_scale / accumulate
+        update = applied @ jacobian
+        if has_penalty:
+            update += penalty_grad
+        for params_, flat, sizes in ((shared, update, shared_sizes), (others, own, other_sizes)):
+            offset = 0
+            for p, size in zip(params_, sizes):
+                g = flat[offset : offset + size].view(p.shape)
+                offset += size
+                if p.grad is None:
+                    p.grad = torch.empty_like(p).copy_(g).mul_(factor)  # keeps p's layout
+                else:
+                    p.grad.add_(g, alpha=factor)
         return logs
 
     def before_optimizer_step(self) -> None:

@@ -1,4 +1,5 @@
-"""Every method trains through Lightning in bf16-mixed, and skips a task that is never labelled.
+"""Every method trains through Lightning in bf16-mixed, and skips a task that is never labelled;
+fp16 with a gradient scaler gets what a plain backward gives.
 
 One presence class (traffic light) is ``?`` on every training image: with one task per class it
 is absent from every batch, so no method may log, move or NaN its weight.
@@ -13,6 +14,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from drivemtl.data.datamodule import DriveDataModule
 from drivemtl.module import MultiTaskModule
@@ -102,3 +104,57 @@ def test_method_trains_in_bf16_and_skips_the_absent_task(method, manifests, tmp_
         assert len(cosines) == 3 and not any(ABSENT in k for k in cosines)
         assert model.objective.affinity.pair_counts()[0, 1].item() == 2
         assert (tmp_path / "task_affinity.json").is_file()
+
+
+def _fp16_fit(manifests, tmp_path, init_scale, **options):
+    """One SGD step in fp16 autocast with a real GradScaler (Lightning adds one on GPUs only)."""
+    torch.manual_seed(0)
+    data = DriveDataModule(
+        train_manifest=str(manifests),
+        val_manifest=str(manifests),
+        image_size=(32, 48),
+        batch_size=8,
+        num_workers=0,
+        augment=False,
+    )
+    model = MultiTaskModule(
+        image_size=(32, 48),
+        backbone="mobilenet_v3_small",
+        granularity="class",
+        warmup_steps=0,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+        **options,
+    )
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(model, data)
+    return before, [p.detach().clone() for p in model.parameters()], scaler.get_scale()
+
+
+def test_fp16_grad_scaler_sees_what_a_plain_backward_gives(manifests, tmp_path):
+    # A diagnostic step applies the sum of the per-task gradients, taken of the scaled terms:
+    # after the scaler's unscale, the update must equal the plain backward's.
+    start, plain, _ = _fp16_fit(manifests, tmp_path, 2.0**10)
+    _, summed, scale = _fp16_fit(manifests, tmp_path, 2.0**10, diagnose_every=1)
+    assert scale == 2.0**10  # no overflow, the step was taken
+    step_plain = torch.cat([(b - a).flatten() for a, b in zip(start, plain)])
+    step_summed = torch.cat([(b - a).flatten() for a, b in zip(start, summed)])
+    # fp16 rounds the per-task backward passes differently from the summed one (0.2 % apart
+    # when written); a missing or doubled loss scale would be off by a factor of 1024.
+    error = (step_summed - step_plain).norm() / step_plain.norm()
+    assert step_plain.norm() > 0 and error < 0.01
+    # An overflow (absurd scale) reaches the scaler, which skips the step and lowers its scale.
+    before, after, scale = _fp16_fit(manifests, tmp_path, 2.0**60, gradients="pcgrad")
+    assert scale < 2.0**60
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
