@@ -12,7 +12,7 @@ from drivemtl.data.datamodule import DriveDataModule
 from drivemtl.data.datasets import ManifestDataset
 from drivemtl.data.io import load_depth, save_depth_png
 from drivemtl.data.manifest import read_manifest
-from drivemtl.data.transforms import build_transform
+from drivemtl.data.transforms import build_transform, crop_zoom
 from drivemtl.errors import DriveMTLError
 from drivemtl.tasks.depth import silog_loss
 from tests.conftest import CLASSES, write_image, write_jsonl
@@ -31,14 +31,13 @@ def _unique_depth() -> np.ndarray:
 
 
 def _nearest_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest neighbour as OpenCV defines it: source index floor(dst * src / dst_size)."""
-    rows = np.minimum(
-        np.floor(np.arange(height) * (array.shape[0] / height)).astype(int), array.shape[0] - 1
-    )
-    cols = np.minimum(
-        np.floor(np.arange(width) * (array.shape[1] / width)).astype(int), array.shape[1] - 1
-    )
-    return array[rows][:, cols]
+    """Nearest neighbour as OpenCV defines it: source index floor(dst * (1 / (dst_size /
+    src_size))), the reciprocal computed as OpenCV does so that exact ties round alike."""
+
+    def index(dst: int, src: int) -> np.ndarray:
+        return np.minimum(np.floor(np.arange(dst) * (1.0 / (dst / src))).astype(int), src - 1)
+
+    return array[index(height, array.shape[0])][:, index(width, array.shape[1])]
 
 
 def test_flip_and_scale_crop_keep_the_values_at_the_moved_positions():
@@ -52,7 +51,7 @@ def test_flip_and_scale_crop_keep_the_values_at_the_moved_positions():
     transform.save_applied_params = True
     transform.set_random_seed(1)
     seen = set()
-    for _ in range(12):
+    for _ in range(24):
         out = transform(image=image, mask=depth, bboxes=np.zeros((0, 4)), box_labels=[], box_ids=[])
         applied = dict(out["applied_transforms"])
         expected = depth[:, ::-1] if "HorizontalFlip" in applied else depth
@@ -138,3 +137,48 @@ def test_images_without_depth_add_nothing_to_a_mixed_batch(tmp_path):
     alone, _ = silog_loss(pred[:1], batch.depth[:1])
     assert count == 2 and float(loss) == pytest.approx(float(alone))
     assert collate([dataset[1], dataset[1]]).depth is None
+
+
+def test_crop_zoom_by_hand():
+    # A 127x84 crop of a 160x96 image, resized to any size: magnified 160/127 and 96/84.
+    applied = [("HorizontalFlip", {}), ("RandomResizedCrop", {"crop_coords": (20, 4, 147, 88)})]
+    assert crop_zoom(applied, (96, 160)) == pytest.approx(((160 / 127) * (96 / 84)) ** 0.5)
+    assert crop_zoom([("Resize", {})], (96, 160)) == 1.0
+
+
+def test_zoom_correction_divides_the_moved_values_by_the_crop_zoom(tmp_path):
+    """With data.depth_zoom_correction, depth after scale-crop is the hand-moved source divided
+    by the crop's zoom, read from a replay of the same seeded pipeline; 0 stays 0."""
+    depth = _unique_depth()
+    image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    save_depth_png(depth, tmp_path / "a_depth.png")
+    records = read_manifest(
+        write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "depth": "a_depth.png"}]), CLASSES
+    )
+    dataset = ManifestDataset(
+        records, build_transform((64, 96), True), load_depth=True, depth_zoom_correction=True
+    )
+    replay = build_transform((64, 96), True)
+    replay.save_applied_params = True
+    dataset.transform.set_random_seed(7)
+    replay.set_random_seed(7)
+    zooms = []
+    for _ in range(6):
+        sample = dataset[0]
+        out = replay(
+            image=image,
+            mask=depth,
+            bboxes=np.zeros((0, 4), dtype=np.float32),
+            box_labels=[],
+            box_ids=[],
+        )
+        applied = dict(out["applied_transforms"])
+        moved = depth[:, ::-1] if "HorizontalFlip" in applied else depth
+        x1, y1, x2, y2 = applied["RandomResizedCrop"]["crop_coords"]
+        zoom = ((W / (x2 - x1)) * (H / (y2 - y1))) ** 0.5
+        expected = _nearest_resize(moved[y1:y2, x1:x2], 64, 96) / zoom
+        np.testing.assert_allclose(sample.depth[0].numpy(), expected, rtol=1e-6)
+        assert ((sample.depth[0] == 0).numpy() == (expected == 0)).all()
+        zooms.append(zoom)
+    assert min(zooms) >= 1.0 and max(zooms) > 1.05  # real crops were exercised

@@ -85,6 +85,10 @@ class DriveDataModule(L.LightningDataModule):
             task is trained), so it is not a command-line option there.
         depth_scale: Units per metre in 16-bit depth PNGs (256: the KITTI convention of the
             manifest format); ``.npy`` depth maps are read as metres.
+        depth_zoom_correction: Divide training depth by the zoom of the scale-crop
+            augmentation, so depth agrees with how near the cropped picture looks (off: the
+            values are kept, and a model learns depth about 12-15 % too far with the
+            default 60-100 % crops; see the README's Depth section).
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class DriveDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         load_depth: bool = False,
         depth_scale: float = DEPTH_PNG_SCALE,
+        depth_zoom_correction: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -195,6 +200,7 @@ class DriveDataModule(L.LightningDataModule):
                 build_transform(self.image_size, train=train),
                 load_depth=self.hparams.load_depth,
                 depth_scale=self.hparams.depth_scale,
+                depth_zoom_correction=self.hparams.depth_zoom_correction,
             )
         if stage == "predict":
             if not self.hparams.predict_dir:

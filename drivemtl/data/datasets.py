@@ -17,6 +17,7 @@ from drivemtl.data.batch import Batch, Sample, collate
 from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS, load_depth, load_rgb
 from drivemtl.data.labels import POSITIVE, UNKNOWN
 from drivemtl.data.manifest import Record
+from drivemtl.data.transforms import crop_zoom
 from drivemtl.errors import DriveMTLError
 
 
@@ -33,6 +34,9 @@ class ManifestDataset(Dataset):
         load_boxes: Keep box targets (needed by detection; cheap, so on by default).
         load_depth: Decode depth maps (only when a depth task uses them).
         depth_scale: Units per metre of 16-bit depth PNGs (256: KITTI); ``.npy`` is metres.
+        depth_zoom_correction: Divide depth by the zoom of a scale-crop (see
+            :func:`~drivemtl.data.transforms.crop_zoom`), so that it matches how near the
+            cropped picture looks; without it a zoomed crop teaches "looks nearer, is as far".
     """
 
     def __init__(
@@ -42,12 +46,16 @@ class ManifestDataset(Dataset):
         load_boxes: bool = True,
         load_depth: bool = False,
         depth_scale: float = DEPTH_PNG_SCALE,
+        depth_zoom_correction: bool = False,
     ):
         self.records = list(records)
         self.transform = transform
         self.load_boxes = load_boxes
         self.load_depth = load_depth
         self.depth_scale = depth_scale
+        self.depth_zoom_correction = depth_zoom_correction
+        if depth_zoom_correction:
+            self.transform.save_applied_params = True  # to read the crop of each sample
 
     def __len__(self) -> int:
         return len(self.records)
@@ -111,7 +119,10 @@ class ManifestDataset(Dataset):
                 sample.boxes = torch.from_numpy(kept[objects])
                 sample.box_labels = torch.from_numpy(kept_labels[objects])
         if depth is not None:
-            sample.depth = torch.from_numpy(np.ascontiguousarray(out["mask"]))[None].float()
+            moved = out["mask"]
+            if self.depth_zoom_correction:  # 0 (no measurement) stays 0
+                moved = moved / crop_zoom(out.get("applied_transforms", ()), (height, width))
+            sample.depth = torch.from_numpy(np.ascontiguousarray(moved))[None].float()
         return sample
 
 

@@ -6,6 +6,9 @@ depth between a near object and the far background) and colour transforms never 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import albumentations as A
 import cv2
 
@@ -52,3 +55,29 @@ def build_transform(image_size: tuple[int, int], train: bool) -> A.Compose:
             )
         ]
     return A.Compose(steps, bbox_params=BOX_PARAMS, seed=None)
+
+
+def crop_zoom(applied: Sequence[tuple[str, dict]], original_size: tuple[int, int]) -> float:
+    """How much closer a scale-crop makes the scene look than the eval view of the whole image.
+
+    The eval pipeline resizes the whole ``W x H`` image to the input size; a crop of
+    ``w x h`` resized to the same size magnifies it by ``W / w`` horizontally and ``H / h``
+    vertically. Magnifying by ``z`` is what a camera sees from ``z`` times closer (sizes, and
+    distances from the horizon, scale as ``1 / depth``), so the depth consistent with the
+    cropped picture is the measured depth divided by ``z`` (Eigen et al., 2014). The geometric
+    mean of the two axes is used (the crop's aspect ratio varies by up to 15 %).
+
+    Args:
+        applied: ``out["applied_transforms"]`` of a pipeline built with
+            ``save_applied_params=True``.
+        original_size: (height, width) of the image given to the pipeline.
+
+    Returns:
+        The zoom factor ``z`` (1.0 when nothing was cropped).
+    """
+    height, width = original_size
+    for _, params in applied:
+        if "crop_coords" in params:
+            x1, y1, x2, y2 = params["crop_coords"]
+            return math.sqrt(width / (x2 - x1) * height / (y2 - y1))
+    return 1.0
