@@ -3,16 +3,18 @@
 Same model, same batch, same process: each method trains through Lightning's real training loop
 (``MultiTaskModule``: forward, balancing, backward hook, optimiser step) on one in-memory batch
 repeated, and the clock (``time.perf_counter``; with CUDA it synchronises first) runs from
-``on_train_batch_start`` to ``on_train_batch_end``. The methods take turns: ``--rounds`` rounds,
-in each of which every method runs ``--warmup`` untimed then ``--repeats`` timed steps, so that
-a change in the machine's load hits every method alike. The table gives each method's median
-step over all rounds and its ratio to the fixed-weights median. Gradient methods pay one
-backward pass per task (``--granularity class``: 4 tasks); diagnostics pay it on diagnosed
-steps only (the table times one: every ``diagnose_every`` steps).
+``on_train_batch_start`` to ``on_train_batch_end``. Each fit runs ``--warmup`` untimed then
+``--repeats`` timed steps. On a shared machine the load drifts, so every method is timed
+between two fixed-weights fits (F, M1, F, M2, F, ...), in ``--rounds`` rounds: a method's ratio
+in a round is its median step over the mean of the two neighbouring fixed medians, and the table
+gives the median ratio over the rounds, with each method's median step over all rounds.
+Gradient methods pay one backward pass per task (``--granularity class``: 4 tasks);
+diagnostics pay it on diagnosed steps only (the table times one: every ``diagnose_every``
+steps).
 
 Usage:
     python benchmarks/mtl_step_time.py                                  # ~10 min on 2 free cores
-    python benchmarks/mtl_step_time.py --methods fixed pcgrad --rounds 2 --batch-size 8
+    python benchmarks/mtl_step_time.py --methods pcgrad --rounds 2 --batch-size 8
 """
 
 from __future__ import annotations
@@ -147,28 +149,42 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     batch = make_batch(args.batch_size, *args.image_size, classes=4)
-    models = {name: build_model(METHODS[name], args) for name in args.methods}
-    times: dict[str, list[float]] = {name: [] for name in args.methods}
+    methods = [m for m in args.methods if m != "fixed"]
+    models = {name: build_model(METHODS[name], args) for name in ["fixed", *methods]}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    ratios: dict[str, list[float]] = {name: [] for name in methods}
     for round_ in range(args.rounds):
-        for name in args.methods:
-            times[name] += time_steps(models[name], batch, args)
+        before = time_steps(models["fixed"], batch, args)
+        times["fixed"] += before
+        for name in methods:
+            own = time_steps(models[name], batch, args)
+            after = time_steps(models["fixed"], batch, args)
+            times[name] += own
+            times["fixed"] += after
+            baseline = (statistics.median(before) + statistics.median(after)) / 2
+            ratios[name].append(statistics.median(own) / baseline)
+            before = after
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
     results = {
-        name: {"median_s": statistics.median(values), "times_s": values}
+        name: {
+            "median_s": statistics.median(values),
+            "ratio_to_fixed": statistics.median(ratios[name]) if name in ratios else 1.0,
+            "ratios": ratios.get(name, []),
+            "times_s": values,
+        }
         for name, values in times.items()
     }
-    base = results.get("fixed", {}).get("median_s")
     print()
     print(
         f"{args.backbone}, {args.image_size[0]}x{args.image_size[1]}, batch {args.batch_size}, "
         f"{args.precision}, granularity {args.granularity}; {cpu_model()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    print("| method | median step (ms) | relative to fixed |")
-    print("|---|---:|---:|")
+    print("| method | median step (ms) | relative to fixed (median of rounds) | rounds |")
+    print("|---|---:|---:|---|")
     for name, r in results.items():
-        ratio = f"{r['median_s'] / base:.2f}x" if base else "-"
-        print(f"| {name} | {1000 * r['median_s']:.0f} | {ratio} |")
+        spread = ", ".join(f"{x:.2f}" for x in r["ratios"]) or "-"
+        print(f"| {name} | {1000 * r['median_s']:.0f} | {r['ratio_to_fixed']:.2f}x | {spread} |")
     if args.json:
         args.json.write_text(
             json.dumps(

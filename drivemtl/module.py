@@ -214,6 +214,10 @@ class MultiTaskModule(L.LightningModule):
         )
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=self._batch_size)
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.objective.gradients is not None:
+            self.objective.gradients.check()  # a missing solver stops fit before any step
+
     def on_before_optimizer_step(self, optimizer) -> None:
         self.objective.before_optimizer_step()
 

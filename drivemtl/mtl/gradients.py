@@ -70,10 +70,22 @@ class GradientMethod(nn.Module):
             glue computes the m x m Gramian once and never hands the aggregator the n columns.
     """
 
-    def __init__(self, name: str, aggregator: GramianWeightedAggregator):
+    def __init__(
+        self,
+        name: str,
+        aggregator: GramianWeightedAggregator | None,
+        unavailable: str | None = None,
+    ):
         super().__init__()
         self.name = name
         self.aggregator = aggregator
+        self.unavailable = unavailable
+        """Why the aggregator could not be built (a missing optional solver), or ``None``."""
+
+    def check(self) -> None:
+        """Raise the missing-solver error now (before training), if there is one."""
+        if self.unavailable is not None:
+            raise DriveMTLError(self.unavailable)
 
     def weights(self, gramian: Tensor) -> Tensor:
         """The weight of each task, from the Gramian ``J J^T`` (m, m) of the task Jacobian ``J``;
@@ -83,6 +95,7 @@ class GradientMethod(nn.Module):
         (PCGrad's order) or run a solver: rank 0's weights are broadcast so that every process
         applies exactly the same update.
         """
+        self.check()
         if gramian.shape[0] == 1:
             return gramian.new_ones(1)
         weights = self.aggregator.gramian_weighting(gramian.float()).to(gramian)
@@ -93,7 +106,7 @@ class GradientMethod(nn.Module):
         return self.weights(jacobian @ jacobian.T) @ jacobian
 
     def extra_repr(self) -> str:
-        return f"{self.name}: {self.aggregator!r}"
+        return f"{self.name}: {self.aggregator!r}" if self.aggregator else f"{self.name}: missing"
 
 
 def build_gradient_method(spec: str | Mapping[str, Any] | None) -> GradientMethod | None:
@@ -106,13 +119,15 @@ def build_gradient_method(spec: str | Mapping[str, Any] | None) -> GradientMetho
     if method in (None, "none", "sum"):
         return None
     try:
-        aggregator = instantiate(AGGREGATORS, method, options, "model.gradients")
+        return GradientMethod(method, instantiate(AGGREGATORS, method, options, "model.gradients"))
     except ImportError as e:
-        raise DriveMTLError(
+        # Not an error yet: a checkpoint trained with it must still load for predict; training
+        # raises it before the first step (GradientMethod.check).
+        message = (
             f"model.gradients {method!r} needs an optional solver: {e}. "
             'Install it with: pip install "drivemtl[solvers]"'
-        ) from None
-    return GradientMethod(method, aggregator)
+        )
+        return GradientMethod(method, None, unavailable=message)
 
 
 __all__ = ["AGGREGATORS", "GradientMethod", "build_gradient_method"]

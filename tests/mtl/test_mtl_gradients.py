@@ -14,7 +14,7 @@ import torch
 
 from drivemtl.errors import DriveMTLError
 from drivemtl.mtl.balancing import FixedWeights
-from drivemtl.mtl.gradients import build_gradient_method
+from drivemtl.mtl.gradients import AGGREGATORS, build_gradient_method
 from drivemtl.mtl.objective import MultiTaskObjective, build_objective
 
 G1 = torch.tensor([1.0, 0.0])
@@ -154,3 +154,18 @@ def test_bad_gradient_specs_are_clear_errors():
         build_gradient_method({"method": "pcgrad", "alpha": 1})
     with pytest.raises(DriveMTLError, match="diagnose_every must be >= 0"):
         build_objective(["a"], diagnose_every=-1)
+
+
+def test_a_missing_solver_stops_fit_but_not_loading(monkeypatch):
+    def missing(c: float = 0.4):
+        raise ImportError("CAGradWeighting requires ['cvxpy'] to be installed")
+
+    monkeypatch.setitem(AGGREGATORS, "cagrad", missing)
+    from drivemtl.module import MultiTaskModule
+
+    # A checkpoint trained with CAGrad still rebuilds (predict needs no solver) ...
+    model = MultiTaskModule(image_size=(32, 48), backbone="mobilenet_v3_small", gradients="cagrad")
+    model.setup("predict")
+    # ... and fit stops before the first step with the install hint.
+    with pytest.raises(DriveMTLError, match=r"needs an optional solver.*drivemtl\[solvers\]"):
+        model.setup("fit")

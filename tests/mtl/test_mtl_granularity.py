@@ -116,3 +116,15 @@ def test_module_with_class_granularity_trains_four_tasks():
     single = MultiTaskModule(image_size=(32, 48), single_task="presence/car", balancing="dwa")
     assert single.objective.tasks == ["presence/car"] and single.single_class == ("presence", "car")
     assert single.objective.balancer.name == "fixed"  # a baseline is trained plainly
+
+
+def test_single_class_model_predicts_its_class_only():
+    model = MultiTaskModule(
+        image_size=(32, 48), backbone="mobilenet_v3_small", single_task="presence/car"
+    ).eval()
+    batch = _batch(LABELS)
+    batch.images = torch.randint(0, 256, (3, 3, 32, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        rows = model.predict_step(batch, 0)
+    assert [set(row["presence"]) for row in rows] == [{"car"}] * 3
+    assert all(set(row["present"]) <= {"car"} for row in rows)
