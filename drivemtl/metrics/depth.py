@@ -46,6 +46,8 @@ def image_errors(
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    if pred.device.type == "mps":  # Apple GPUs have no float64: score on the CPU
+        pred, target = pred.cpu(), target.cpu()
     p = pred.detach().reshape(pred.shape[0], -1).double()
     g = target.detach().reshape(target.shape[0], -1).double()
     valid = torch.isfinite(g) & (g > min_depth) & (g < max_depth)
