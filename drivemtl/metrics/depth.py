@@ -142,8 +142,9 @@ class DepthMetric(Metric):
             index: (B,) dataset index of each image.
         """
         if target is None:
-            errors = torch.zeros(len(index), len(METRICS), dtype=torch.float64, device=pred.device)
-            count = torch.zeros(len(index), dtype=torch.long, device=pred.device)
+            device = pred.device if pred.device.type != "mps" else torch.device("cpu")
+            errors = torch.zeros(len(index), len(METRICS), dtype=torch.float64, device=device)
+            count = torch.zeros(len(index), dtype=torch.long, device=device)
         else:
             errors, count = image_errors(pred, target, self.min_depth, self.max_depth)
         self.index.append(index.detach().to(count.device))
