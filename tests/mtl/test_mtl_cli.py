@@ -21,6 +21,7 @@ TINY = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
     "--trainer.log_every_n_steps=1",
+    "--trainer.num_sanity_val_steps=0",
 ]
 
 

@@ -63,6 +63,7 @@ def _gradients(setup: str, rows: slice) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         rows = slice(0, 4) if rank == 0 else slice(4, 8)
