@@ -104,26 +104,29 @@ class DriveCLI(LightningCLI):
                 CSVLogger(run_dir, name="", version=""),
                 TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False),
             ]
-        checkpoint = ModelCheckpoint(
-            monitor=self.model.monitor,
-            mode=self.model.monitor_mode,
-            filename="best",
-            save_last=True,
-            enable_version_counter=False,
-        )
+        # A copy: Lightning appends its default ModelCheckpoint to the configured list itself.
+        configured = list(self._get(self.config_init, "trainer.callbacks") or [])
         trainer = super().instantiate_trainer(**kwargs)
-        configured = self._get(self.config_init, "trainer.callbacks") or []
         if trainer.checkpoint_callback and not any(
             isinstance(c, ModelCheckpoint) for c in configured
         ):
-            # Replace Lightning's default checkpointing by best.ckpt / last.ckpt on our metric.
+            # Replace Lightning's default checkpointing by best.ckpt on our metric and a
+            # last.ckpt of every epoch (save_last=True would only write it with a new best).
             trainer.callbacks[:] = [
                 c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)
             ]
-            trainer.callbacks.append(checkpoint)
+            best = ModelCheckpoint(
+                monitor=self.model.monitor,
+                mode=self.model.monitor_mode,
+                filename="best",
+                enable_version_counter=False,
+            )
+            last = ModelCheckpoint(filename="last", enable_version_counter=False)
+            trainer.callbacks += [best, last]
         return trainer
 
     def _get_ckpt(self) -> ModelCheckpoint | None:
+        """The first checkpoint callback: ours keeps the best on the monitored metric."""
         return next((c for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
 
     def after_fit(self) -> None:

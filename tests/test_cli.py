@@ -46,10 +46,15 @@ def _fit(tmp_path, make, extra=()):
 
 
 def test_fit_leaves_the_run_folder_and_reloads_exactly(tmp_path, tiny_presence_set, capsys):
-    run, _, val = _fit(tmp_path, tiny_presence_set)
+    # A user callback must not displace best.ckpt / last.ckpt.
+    monitor = "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor"
+    run, _, val = _fit(tmp_path, tiny_presence_set, [monitor])
     out = capsys.readouterr().out
     for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "config.yaml", "metrics.json"):
         assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    # last.ckpt is the end of training: 2 epochs of ceil(48 / 8) steps, best or not.
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 12
     assert f"Run folder: {run}" in out and "macro mAP" in out
 
     metrics = json.loads((run / "metrics.json").read_text())["presence"]
