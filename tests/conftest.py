@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 CLASSES = ["pedestrian", "car", "stop_sign", "traffic_light"]
@@ -58,3 +59,20 @@ def require_shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the repo in CI)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def one_thread_for_tiny_models(request):
+    """Run the fast tests' tiny models on one intra-op thread, then restore the setting.
+
+    One thread is as fast for them, and several times faster when other jobs share the cores
+    (idle OpenMP workers spin-wait for busy cores). Tests marked ``slow`` train real models
+    and keep every thread.
+    """
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
