@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +193,31 @@ def test_evaluate_scores_prediction_files_by_the_same_rules(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Detection: 4 matched image(s) are annotated for boxes." in printed
     assert "mean" in printed and "0.554" in printed
+
+
+def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2
+    )
+    extra = _img(preds=[(1, 1, 9, 9, SIGN, 0.8)], gts=[(0, 0, 10, 10, SIGN)])
+    metric = DetectionMetric(CLASSES, score_threshold=0.65)
+    if rank == 0:  # two images, seven boxes
+        metric.update([IMAGE_A, extra], torch.tensor([0, 2]))
+    else:  # one image and the sampler's padding: image 0 again
+        metric.update([IMAGE_B], torch.tensor([1]))
+        metric.update([IMAGE_A], torch.tensor([0]))
+    report = metric.report()  # torchmetrics gathers both ranks' states first
+    (Path(out_dir) / f"{rank}.json").write_text(json.dumps(report))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_gather_and_count_each_image_once(tmp_path):
+    torch.multiprocessing.spawn(
+        _ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    extra = _img(preds=[(1, 1, 9, 9, SIGN, 0.8)], gts=[(0, 0, 10, 10, SIGN)])
+    expected = detection_report([IMAGE_A, IMAGE_B, extra], CLASSES, 0.65)
+    assert expected["images"] == 3
+    for rank in (0, 1):  # the same computation on the same gathered boxes: equal exactly
+        assert json.loads((tmp_path / f"{rank}.json").read_text()) == expected
