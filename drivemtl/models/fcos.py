@@ -81,9 +81,9 @@ class FCOSDetectionHead(nn.Module):
         self,
         in_channels: Sequence[int],
         num_classes: int,
-        levels: Sequence[int] = (3, 4, 5),
-        channels: int = 128,
-        num_convs: int = 4,
+        levels: Sequence[int] = (2, 3, 4),
+        channels: int = 64,
+        num_convs: int = 1,
     ):
         super().__init__()
         self.levels = check_levels(levels)
