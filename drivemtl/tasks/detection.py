@@ -262,6 +262,9 @@ class DetectionTask(Task):
         metric.update(images, batch.index[annotated])
 
     def report(self, metric: DetectionMetric, head: nn.Module, choose_thresholds: bool) -> dict:
+        """The epoch's ``detection`` section. The operating point is the configured
+        ``score_threshold`` (carried by the checkpoint's hyperparameters), not re-chosen on
+        validation data, so ``choose_thresholds`` changes nothing here."""
         return metric.report()
 
     # -- prediction ----------------------------------------------------------------------------
