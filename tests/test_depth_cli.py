@@ -110,8 +110,9 @@ def test_fit_reports_depth_and_keeps_the_lowest_abs_rel(trained):
     assert 0.25 * 5 * 64 * 96 < depth["valid_pixels"] < 0.35 * 5 * 64 * 96
 
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
-    (key,) = [k for k in ckpt["callbacks"] if k.startswith("ModelCheckpoint")]
-    assert "'monitor': 'val/depth/abs_rel'" in key and "'mode': 'min'" in key
+    # The callback that keeps best.ckpt (another one writes last.ckpt every epoch).
+    (key,) = [k for k in ckpt["callbacks"] if "'monitor': 'val/depth/abs_rel'" in k]
+    assert key.startswith("ModelCheckpoint") and "'mode': 'min'" in key
     with open(run / "metrics.csv") as f:
         per_epoch = [
             float(r["val/depth/abs_rel"]) for r in csv.DictReader(f) if r.get("val/depth/abs_rel")
