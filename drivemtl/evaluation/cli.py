@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="operating point for box precision and recall (default: box_score_threshold "
-        "from run.json beside the predictions, else 0.3)",
+        "from run.json beside the predictions, else 0.5)",
     )
     depth = parser.add_argument_group(
         "depth", "used when the manifest has depth maps and the predictions have depth PNGs"

@@ -31,8 +31,10 @@ from torchmetrics import Metric
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_area, box_iou
 
-DEFAULT_SCORE_THRESHOLD = 0.3
-"""The default operating point of the detection score (FCOS: sqrt(class x centre-ness))."""
+DEFAULT_SCORE_THRESHOLD = 0.5
+"""The default operating point of the detection score (FCOS: sqrt(class x centre-ness)). On
+the synthetic demo's validation set, of 0.3 / 0.4 / 0.5 / 0.6 it gave the best F1 averaged over
+the classes (0.57 / 0.77 / 0.85 / 0.76)."""
 
 MATCH_IOU = 0.5
 
