@@ -146,6 +146,12 @@ def test_test_and_predict_then_evaluate_agree(trained, tmp_path, capsys):
             assert 0.05 <= score <= 1
     assert max(x2 for line in lines for _, _, x2, *_ in line["boxes"]) > 96
     assert len(list((out / "overlays").rglob("*.jpg"))) == 12
+    # The operating point can be overridden for one run; the boxes listed stay the same.
+    other = tmp_path / "pred-0.7"
+    extra = [f"--data.predict_dir={folder}", f"--output_dir={other}", "--box_score_threshold=0.7"]
+    assert main(["predict", *args, *extra]) == 0
+    assert json.loads((other / "run.json").read_text())["box_score_threshold"] == 0.7
+    assert (other / "predictions.jsonl").read_text() == (out / "predictions.jsonl").read_text()
 
     code = main(
         [

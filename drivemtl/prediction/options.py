@@ -14,6 +14,7 @@ from drivemtl.prediction.writer import PredictionWriter
 OPTION_KEYS = (
     "output_dir",
     "thresholds",
+    "box_score_threshold",
     "overlays",
     "overlay_max_side",
     "depth_preview",
@@ -39,6 +40,13 @@ def add_predict_arguments(parser: Any) -> None:
         default=None,
         help="Override the checkpoint's decision thresholds per class: car=0.3,stop_sign=0.6 "
         "(or --thresholds.car=0.3, or a mapping in a config file).",
+    )
+    group.add_argument(
+        "--box_score_threshold",
+        type=float | None,
+        default=None,
+        help="Override the detection operating point (recorded in run.json, drawn on overlays; "
+        "predictions.jsonl lists every box down to the task's min_score either way).",
     )
     group.add_argument(
         "--overlays",
@@ -102,6 +110,10 @@ def check_predict_config(section: Any) -> None:
             f"its classes are {list(section.data.classes)}."
         )
 
+    box = section.get("box_score_threshold")
+    if box is not None and not 0.0 <= box <= 1.0:
+        raise DriveMTLError(f"--box_score_threshold must be in [0, 1], got {box}.")
+
 
 def build_writer(section: Any, output_dir: str | Path) -> PredictionWriter:
     """The writer for a parsed ``predict`` config section."""
@@ -110,6 +122,7 @@ def build_writer(section: Any, output_dir: str | Path) -> PredictionWriter:
         predict_dir=section.data.predict_dir,
         checkpoint=section.get("ckpt_path"),
         thresholds=section.get("thresholds"),
+        box_score_threshold=section.get("box_score_threshold"),
         overlays=bool(section.get("overlays")),
         overlay_max_side=int(section.get("overlay_max_side") or 1280),
         depth_preview=bool(section.get("depth_preview", True)),

@@ -88,6 +88,8 @@ class PredictionWriter(BasePredictionWriter):
         predict_dir: The image folder; ``image`` paths are written relative to it.
         checkpoint: The checkpoint path, recorded in ``run.json``.
         thresholds: Per-class overrides of the checkpoint's decision thresholds.
+        box_score_threshold: Override of the detection task's operating point (``run.json``,
+            overlays); ``None`` keeps the checkpoint's.
         overlays: Also write ``overlays/<image>.jpg`` pictures.
         overlay_max_side: Longer side of overlay pictures, in pixels.
         depth_preview: With a depth head, also write ``depth_preview/<image>.jpg`` (the
@@ -103,6 +105,7 @@ class PredictionWriter(BasePredictionWriter):
         predict_dir: str | Path,
         checkpoint: str | Path | None = None,
         thresholds: ThresholdSpec = None,
+        box_score_threshold: float | None = None,
         overlays: bool = False,
         overlay_max_side: int = 1280,
         depth_preview: bool = True,
@@ -118,6 +121,7 @@ class PredictionWriter(BasePredictionWriter):
         self._relative = RelativeNamer(predict_dir)
         self.checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None
         self.overrides = parse_thresholds(thresholds)
+        self.box_score_threshold = box_score_threshold
         self.overlays = overlays
         self.overlay_max_side = overlay_max_side
         self.depth_preview = depth_preview
@@ -190,10 +194,15 @@ class PredictionWriter(BasePredictionWriter):
             "tasks": list(pl_module.tasks),
         }
         detection = pl_module.tasks.get("detection")
+        if detection is None and self.box_score_threshold is not None:
+            raise DriveMTLError("--box_score_threshold needs a model with a detection head.")
         if detection is not None:
             # predictions.jsonl lists every box down to the task's min_score (AP needs them);
             # this operating point is what overlays draw and evaluate's precision/recall use.
-            self.info["box_score_threshold"] = detection.score_threshold
+            chosen = self.box_score_threshold
+            self.info["box_score_threshold"] = (
+                detection.score_threshold if chosen is None else float(chosen)
+            )
         self._check_resume_matches()
         if self.resume:
             # Failed images are retried now, so their old lines would become duplicates.
