@@ -221,3 +221,25 @@ def test_two_processes_gather_and_count_each_image_once(tmp_path):
     assert expected["images"] == 3
     for rank in (0, 1):  # the same computation on the same gathered boxes: equal exactly
         assert json.loads((tmp_path / f"{rank}.json").read_text()) == expected
+
+
+def test_evaluate_class_subsets_and_bad_boxes(tmp_path, capsys):
+    manifest = write_jsonl(
+        tmp_path / "m.jsonl",
+        [{"image": "a.jpg", "boxes": [[0, 0, 10, 10, "car"], [20, 20, 30, 30, "pedestrian"]]}],
+    )
+    line = {"image": "a.jpg", "presence": {c: 0.5 for c in CLASSES}, "present": []}
+    boxes = [[0, 0, 10, 10, "car", 0.9], [50, 50, 60, 60, "pedestrian", 0.9]]
+    predictions = write_jsonl(tmp_path / "p.jsonl", [line | {"boxes": boxes}])
+    args = ["evaluate", f"--predictions={predictions}", f"--manifest={manifest}", "--no_plots"]
+    # A subset of classes: the other classes' boxes are not evaluated (and not an error).
+    assert main([*args, f"--output_dir={tmp_path / 'e'}", "--classes=car"]) == 0
+    detection = json.loads((tmp_path / "e" / "metrics.json").read_text())["detection"]
+    assert list(detection["per_class"]) == ["car"] and detection["map50"] == pytest.approx(1.0)
+    # A malformed box: exit 2 with the file, line and problem, no traceback.
+    bad = write_jsonl(tmp_path / "bad.jsonl", [line | {"boxes": [[0, 0, 10, "car", 0.9]]}])
+    capsys.readouterr()
+    code = main(["evaluate", f"--predictions={bad}", f"--manifest={manifest}", "--no_plots"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{bad}:1: box [0, 0, 10, 'car', 0.9] is not [x1, y1, x2, y2" in err
+    assert "Traceback" not in err

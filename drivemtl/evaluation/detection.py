@@ -119,7 +119,7 @@ def evaluate_detection(
     annotated = [(p, r) for p, r in pairs if records[r].boxes is not None]
     if not annotated:
         return None
-    predicted = prediction_boxes(predictions, classes)
+    predicted = prediction_boxes(predictions, record_classes)
     if not predicted:
         return None
     threshold = DEFAULT_SCORE_THRESHOLD if score_threshold is None else float(score_threshold)
@@ -142,7 +142,7 @@ def evaluate_detection(
         )
         truth = [(b[:4], index.get(record_classes[b[4]])) for b in record.boxes]
         truth = [(coords, c) for coords, c in truth if c is not None]  # evaluated classes
-        preds = predicted[image]
+        preds = [b for b in predicted[image] if b[4] in index]  # the evaluated classes
         images.append(
             ImageBoxes(
                 torch.tensor([b[:4] for b in preds], dtype=torch.float32).reshape(-1, 4),
