@@ -280,7 +280,7 @@ class DetectionMetric(Metric):
         device = self.device
         self.index.append(index.detach().to(device).long().reshape(-1))
         # As integers: not every distributed backend gathers bool tensors.
-        self.known.append(torch.stack([img.known.long() for img in images]).to(device))
+        self.known.append(torch.stack([img.known.long().to(device) for img in images]))
         self.counts.append(
             torch.tensor(
                 [[len(i.pred_scores), len(i.gt_labels), len(i.ignore)] for i in images],
@@ -288,10 +288,10 @@ class DetectionMetric(Metric):
             )
         )
         for name in ("pred_boxes", "pred_scores", "pred_labels", "gt_boxes", "gt_labels"):
-            values = [getattr(img, name).detach() for img in images]
-            getattr(self, name).append(torch.cat(values).to(device))
-        ignore = [img.ignore.detach().float().reshape(-1, 4) for img in images]
-        self.ignore.append(torch.cat(ignore).to(device))
+            values = [getattr(img, name).detach().to(device) for img in images]
+            getattr(self, name).append(torch.cat(values))
+        ignore = [img.ignore.detach().float().reshape(-1, 4).to(device) for img in images]
+        self.ignore.append(torch.cat(ignore))
 
     def images(self) -> list[ImageBoxes]:
         """The accumulated images, each once (first occurrence), ordered by dataset index.

@@ -256,7 +256,9 @@ class DetectionTask(Task):
                     batch.boxes[i].float().reshape(-1, 4),
                     batch.box_labels[i].long().reshape(-1),
                     batch.presence[i] >= 0,
-                    torch.zeros((0, 4)) if ignore is None else ignore.float().reshape(-1, 4),
+                    d["boxes"].new_zeros((0, 4))
+                    if ignore is None
+                    else ignore.float().reshape(-1, 4),
                 )
             )
         metric.update(images, batch.index[annotated])
