@@ -284,13 +284,12 @@ class DetectionTask(Task):
         rows = []
         for d, size in zip(self.detect(output, (height, width)), batch.original_sizes.tolist()):
             scale = torch.tensor([size[1] / width, size[0] / height] * 2)
-            boxes = d["boxes"].cpu() * scale
-            rows.append(
-                {
-                    "boxes": [
-                        [*(round(float(v), 2) for v in box), classes[int(c)], round(float(s), 6)]
-                        for box, c, s in zip(boxes, d["labels"].tolist(), d["scores"].tolist())
-                    ]
-                }
-            )
+            boxes = (d["boxes"].cpu() * scale).tolist()
+            listed = []
+            for box, c, s in zip(boxes, d["labels"].tolist(), d["scores"].tolist()):
+                x1, y1, x2, y2 = (round(v, 2) for v in box)
+                # A sliver thinner than the rounding is no box (and breaks x1 < x2 downstream).
+                if x2 > x1 and y2 > y1:
+                    listed.append([x1, y1, x2, y2, classes[int(c)], round(float(s), 6)])
+            rows.append({"boxes": listed})
         return rows
