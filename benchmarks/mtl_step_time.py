@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
+
+from _machine import cpu_model  # the script's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -49,17 +50,6 @@ METHODS = {
     # A diagnosed step; with diagnose_every = N the average cost is 1 + (this - 1) / N.
     "fixed, diagnosed step": {"diagnose_every": 1},
 }
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, or what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_batch(size: int, height: int, width: int, classes: int, seed: int = 0) -> Batch:

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_model  # the script's folder is on sys.path
+
 # Pin before importing numpy and friends, so no thread pool starts on other cores.
 if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -31,17 +33,6 @@ import numpy as np  # noqa: E402
 import PIL  # noqa: E402
 
 from drivemtl.data.synthetic import SyntheticConfig, generate_dataset  # noqa: E402
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, or what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> float:
