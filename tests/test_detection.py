@@ -303,3 +303,23 @@ def test_decoded_boxes_are_in_original_image_pixels(tmp_path):
     (row,) = _task().decode(output, None, batch, classes)
     score = round(1 / (1 + math.exp(-10)), 6)  # sqrt(sigmoid(10) * sigmoid(10))
     assert row["boxes"] == [[108.0, 48.0, 180.0, 80.0, "car", score]]
+
+
+def test_slivers_under_one_input_pixel_are_dropped():
+    # One stride-8 level over a 16x16 input: 2x2 locations centred at (4, 4), (12, 4), ...
+    output = {
+        "cls_logits": torch.full((1, 4, C), -10.0),
+        "bbox_regression": torch.zeros((1, 4, 4)),
+        "bbox_ctrness": torch.full((1, 4, 1), 10.0),
+        "sizes": [(2, 2)],
+    }
+    output["cls_logits"][0, :, PED] = 10.0
+    # (l, t, r, b) in strides. Location 0: (0, 0)-(8, 8), kept. Location 1: 0.16 px wide, a
+    # sliver. Location 2, centre (4, 12): (0, 8)-(16, 16) once clipped, kept. Location 3,
+    # centre (12, 12): 0.8 px high after clipping at the bottom edge (16 - 15.2), a sliver.
+    output["bbox_regression"][0] = torch.tensor(
+        [[0.5, 0.5, 0.5, 0.5], [0.01, 0.5, 0.01, 0.5], [0.5, 0.5, 2.0, 3.0], [0.5, -0.4, 0.5, 1.0]]
+    )
+    (found,) = _task().detect(output, (16, 16))
+    kept = sorted(found["boxes"].tolist())
+    assert kept == [[0.0, 0.0, 8.0, 8.0], [0.0, 8.0, 16.0, 16.0]]

@@ -75,6 +75,7 @@ def _fit(root: Path, train: Path, val: Path, *extra: str) -> int:
             "--data.num_workers=0",
             "--model.backbone=mobilenet_v3_small",
             "--trainer.accelerator=cpu",
+            "--seed_everything=0",
             f"--trainer.default_root_dir={root / 'run'}",
             *QUIET,
             *extra,

@@ -25,7 +25,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxLinearCoder
 from torchvision.models.detection.fcos import FCOSHead
-from torchvision.ops import FeaturePyramidNetwork, batched_nms, clip_boxes_to_image
+from torchvision.ops import (
+    FeaturePyramidNetwork,
+    batched_nms,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 TRUNK_LEVELS = (2, 3, 4, 5)
@@ -33,6 +38,9 @@ TRUNK_LEVELS = (2, 3, 4, 5)
 
 GROUP_NORM_GROUPS = 32
 """torchvision's FCOS towers use ``GroupNorm(32, channels)``."""
+
+MIN_BOX_SIZE = 1.0
+"""Smallest side of a detection, in network-input pixels."""
 
 
 def check_levels(levels: Sequence[int]) -> tuple[int, ...]:
@@ -220,7 +228,8 @@ def postprocess(
     """Detections per image in input pixels, as ``FCOS.postprocess_detections`` makes them.
 
     Score = sqrt(sigmoid(class logit) x sigmoid(centre-ness)); per level the best
-    ``topk_candidates`` scores above ``min_score``; boxes clipped to the image; per-class NMS;
+    ``topk_candidates`` scores above ``min_score``; boxes clipped to the image; boxes under
+    ``MIN_BOX_SIZE`` input pixels wide or high dropped; per-class NMS;
     the best ``max_detections``.
 
     Returns:
@@ -250,8 +259,10 @@ def postprocess(
             labels.append(keep % num_classes)
         boxes = clip_boxes_to_image(torch.cat(boxes), image_size)
         scores, labels = torch.cat(scores), torch.cat(labels)
-        # A box clipped to nothing can match nothing; dropping it keeps the lists short.
-        solid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        # A sliver under one input pixel (often a box clipped at the border) is no object; it
+        # could also vanish when predictions are rounded in original pixels, so that test-time
+        # metrics and `evaluate` on predictions.jsonl would count different detections.
+        solid = remove_small_boxes(boxes, MIN_BOX_SIZE)
         boxes, scores, labels = boxes[solid], scores[solid], labels[solid]
         keep = batched_nms(boxes, scores, labels, nms_iou)[:max_detections]
         results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
