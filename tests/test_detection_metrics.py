@@ -138,8 +138,10 @@ def test_metric_counts_each_image_once_despite_padding_duplicates():
     assert metric.report() == detection_report([IMAGE_B, IMAGE_A], CLASSES, 0.65)
 
 
-def test_evaluate_scores_prediction_files_by_the_same_rules(tmp_path, capsys):
-    """`drivemtl evaluate` on hand-written files gives the hand-computed numbers above."""
+@pytest.mark.parametrize("with_presence", [True, False], ids=["with-presence", "boxes-only"])
+def test_evaluate_scores_prediction_files_by_the_same_rules(tmp_path, capsys, with_presence):
+    """`drivemtl evaluate` on hand-written files gives the hand-computed numbers above, also
+    for a detection-only model's predictions (no ``presence``)."""
 
     def boxes(image: ImageBoxes, scores: bool) -> list:
         rows = []
@@ -170,8 +172,9 @@ def test_evaluate_scores_prediction_files_by_the_same_rules(tmp_path, capsys):
         {"image": "d.jpg", "boxes": stray},
         {"image": "e.jpg", "boxes": [[10, 10, 20, 20, "car", 0.99]]},
     ]
-    for p in predictions:
-        p.update(presence=presence, present=[])
+    if with_presence:
+        for p in predictions:
+            p.update(presence=presence, present=[])
     write_jsonl(tmp_path / "m.jsonl", manifest)
     write_jsonl(tmp_path / "predictions.jsonl", predictions)
     out = tmp_path / "eval"
@@ -185,7 +188,10 @@ def test_evaluate_scores_prediction_files_by_the_same_rules(tmp_path, capsys):
         ]
     )
     assert code == 0
-    car = json.loads((out / "metrics.json").read_text())["detection"]["per_class"]["car"]
+    report = json.loads((out / "metrics.json").read_text())
+    assert ("presence" in report) == with_presence
+    assert ("## Presence per class" in (out / "report.md").read_text()) == with_presence
+    car = report["detection"]["per_class"]["car"]
     assert car["ap50"] == pytest.approx(56 / 101, abs=1e-6)
     assert car["ap"] == pytest.approx((3 * 56 / 101 + 7 * 34 / 101) / 10, abs=1e-6)
     assert (car["precision"], car["recall"]) == pytest.approx((2 / 3, 2 / 3))

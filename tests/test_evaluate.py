@@ -251,3 +251,18 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     assert "No prediction matched a manifest image" in capsys.readouterr().err
     assert _evaluate(tmp_path / "missing.jsonl", manifest, tmp_path / "e4") == 2
     assert "Predictions file not found" in capsys.readouterr().err
+
+    # Presence on some lines only: the file mixes two systems' outputs.
+    lines = predictions.read_text().splitlines()
+    lines[1] = json.dumps({"image": json.loads(lines[1])["image"]})
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(lines) + "\n")
+    assert _evaluate(mixed, manifest, tmp_path / "e5") == 2
+    assert f"{mixed}:2: 'presence' is missing or extra: line 1 has 'presence'" in (
+        capsys.readouterr().err
+    )
+    # No presence, and the manifest has no boxes or depth: nothing can be scored.
+    bare = write_jsonl(tmp_path / "bare.jsonl", [{"image": "img/i0.png"}])
+    assert _evaluate(bare, manifest, tmp_path / "e6") == 2
+    err = capsys.readouterr().err
+    assert f"Nothing to evaluate: {bare} has no 'presence'" in err and "Traceback" not in err

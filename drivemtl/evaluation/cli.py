@@ -116,9 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     print("\n".join(matching_lines(result.matching)))
     print()
-    print("presence")
-    print(presence_table(result.report["presence"]))
-    print()
+    if "presence" in result.report:
+        print("presence")
+        print(presence_table(result.report["presence"]))
+        print()
     if "detection" in result.report:
         print(format_report({"detection": result.report["detection"]}))
         print()

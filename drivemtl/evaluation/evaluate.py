@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import Tensor
+
 from drivemtl.data.io import DEPTH_PNG_SCALE
 from drivemtl.data.manifest import Record, read_manifest
 from drivemtl.errors import DriveMTLError
@@ -28,8 +30,9 @@ class Evaluation:
     """What :func:`evaluate` computed and wrote.
 
     Attributes:
-        report: The ``metrics.json`` content (``{"presence": {...}}``, plus ``"depth"`` when
-            the manifest and the predictions both have depth maps).
+        report: The ``metrics.json`` content: ``presence`` when the predictions have it,
+            ``detection`` / ``depth`` when the manifest and the predictions both have boxes /
+            depth maps.
         matching: The ``matching.json`` content (counts and unmatched names).
         output_dir: Where the files are.
     """
@@ -124,17 +127,22 @@ def evaluate(
     ]
     if not manifest_paths:
         raise DriveMTLError("Give at least one --manifest.")
-    classes = list(classes or preds.classes)
-    missing = [c for c in classes if c not in preds.classes]
-    if missing:
-        raise DriveMTLError(
-            f"Class(es) {missing} are not in {preds.path}; its classes are {preds.classes}."
-        )
     named = []
     for path in manifest_paths:
         named.extend(c for c in manifest_classes(path) if c not in named)
+    # The model's classes: its presence output, else run.json's list, else the manifest's.
+    stated_classes = preds.run_info.get("classes")
+    if not isinstance(stated_classes, list):
+        stated_classes = []
+    predicted = preds.classes or [str(c) for c in stated_classes] or named
+    classes = list(classes or predicted)
+    missing = [c for c in classes if c not in predicted]
+    if missing:
+        raise DriveMTLError(
+            f"Class(es) {missing} are not in {preds.path}; its classes are {predicted}."
+        )
     # Read the manifest with every class it names, so one that predictions lack is no error.
-    all_classes = preds.classes + [c for c in named if c not in preds.classes]
+    all_classes = predicted + [c for c in named if c not in predicted]
     records, images, manifest_duplicates = _read_manifests(manifest_paths, all_classes)
 
     root = images_root or preds.run_info.get("predict_dir")
@@ -146,32 +154,12 @@ def evaluate(
             "predicted) if the two name images from different folders."
         )
 
-    p_index = [p for p, _ in matched.pairs]
-    r_index = [r for _, r in matched.pairs]
-    columns = [preds.classes.index(c) for c in classes]
-    scores = preds.scores[p_index][:, columns]
-    present = preds.present[p_index][:, columns]
-    label_columns = [
-        all_classes.index(c) if c in named else None  # a class the manifest never names is ?
-        for c in classes
-    ]
-    labels = stack_labels([records[r].presence for r in r_index], label_columns)
-
-    stated = preds.run_info.get("thresholds")
-    stated = stated if isinstance(stated, dict) else {}
-    thresholds = {}
-    for c in classes:
-        value = stated.get(c)
-        column = preds.classes.index(c)
-        # Over every line of the file: the threshold describes the producing system.
-        thresholds[c] = decision_threshold(
-            preds.scores[:, column],
-            preds.present[:, column],
-            float(value) if isinstance(value, (int, float)) else None,
-        )
-    report = {"presence": presence_metrics(scores, present, labels, classes, thresholds)}
+    report = {}
+    if preds.classes:  # a model with a presence head
+        presence = _presence_inputs(preds, records, matched, classes, all_classes, named)
+        report["presence"] = presence_metrics(*presence, classes, _thresholds(preds, classes))
     matching = _matching_summary(
-        preds, manifest_paths, images, matched, manifest_duplicates, named, classes, root
+        preds, manifest_paths, images, matched, manifest_duplicates, named, classes, predicted, root
     )
     # Depth when the manifest has depth maps and the predictions point to theirs.
     depth = evaluate_depth(
@@ -207,13 +195,20 @@ def evaluate(
             "images_without_predicted_boxes": len(detection.without_prediction),
         }
         matching["lists"]["images_without_predicted_boxes"] = detection.without_prediction
+    if not report:
+        raise DriveMTLError(
+            f"Nothing to evaluate: {preds.path} has no 'presence', and no matched image has "
+            "both predicted and ground-truth boxes or depth. Check that the manifest is the "
+            "one with the annotations these predictions are for."
+        )
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(report, out / "metrics.json")
     write_json(out / "matching.json", matching)
     figures = {}  # caption -> PNG, in report order
-    if plots:
+    if plots and "presence" in report:
+        scores, _, labels = presence
         per_class = report["presence"]["per_class"]
         figures["AP and F1 per class"] = plot_ap_f1(per_class, out / "ap_f1.png", classes)
         for c, name in enumerate(classes):
@@ -228,6 +223,42 @@ def evaluate(
     return Evaluation(report=report, matching=matching, output_dir=out)
 
 
+def _presence_inputs(
+    preds: Predictions,
+    records: Sequence[Record],
+    matched: MatchResult,
+    classes: list[str],
+    all_classes: list[str],
+    named: list[str],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(scores, decisions, labels) of the matched images, one column per evaluated class."""
+    p_index = [p for p, _ in matched.pairs]
+    columns = [preds.classes.index(c) for c in classes]
+    label_columns = [
+        all_classes.index(c) if c in named else None  # a class the manifest never names is ?
+        for c in classes
+    ]
+    labels = stack_labels([records[r].presence for _, r in matched.pairs], label_columns)
+    return preds.scores[p_index][:, columns], preds.present[p_index][:, columns], labels
+
+
+def _thresholds(preds: Predictions, classes: list[str]) -> dict[str, float | None]:
+    """Each class's decision threshold: stated in run.json, else inferred from the decisions."""
+    stated = preds.run_info.get("thresholds")
+    stated = stated if isinstance(stated, dict) else {}
+    thresholds = {}
+    for c in classes:
+        value = stated.get(c)
+        column = preds.classes.index(c)
+        # Over every line of the file: the threshold describes the producing system.
+        thresholds[c] = decision_threshold(
+            preds.scores[:, column],
+            preds.present[:, column],
+            float(value) if isinstance(value, (int, float)) else None,
+        )
+    return thresholds
+
+
 def _matching_summary(
     preds: Predictions,
     manifest_paths: list[Path],
@@ -236,6 +267,7 @@ def _matching_summary(
     manifest_duplicates: list[str],
     named: list[str],
     classes: list[str],
+    predicted: list[str],
     root,
 ) -> dict:
     unmatched_manifest = [images[i].display for i in matched.unmatched_manifest]
@@ -259,7 +291,7 @@ def _matching_summary(
         "duplicate_manifest_entries": len(manifest_duplicates),
         "manifest_images_without_prediction": len(unmatched_manifest),
         "of_which_unreadable_at_predict": failed,
-        "manifest_classes_not_predicted": [c for c in named if c not in preds.classes],
+        "manifest_classes_not_predicted": [c for c in named if c not in predicted],
         "evaluated_classes_not_in_manifest": [c for c in classes if c not in named],
         "lists": {
             "predictions_without_manifest_entry": matched.unmatched_predictions,

@@ -17,6 +17,12 @@ DEFINITIONS = """\
   predicted folder), then by file name, choosing the manifest path that shares the longest
   trailing part with the prediction's (a tie is ambiguous); see `matching.json`. Unmatched
   images on either side are counted above, not scored.
+- `null` in `metrics.json` (shown as `-`) means undefined, never 0.
+"""
+
+PRESENCE_DEFINITIONS = """\
+## Presence definitions
+
 - Per class, only images where the class is labelled `1` or `0` count; `?` is excluded
   (`unknown`). `labelled` = `1` + `0` entries, `positives` = `1` entries.
 - **AP**: average precision from the probabilities (area under the precision-recall step
@@ -27,7 +33,6 @@ DEFINITIONS = """\
 - **threshold**: the decision threshold the producing run recorded (`run.json`) when the
   decisions follow it; else the smallest probability among images decided present, when
   every image at or above it is decided present; else `null`.
-- `null` in `metrics.json` (shown as `-`) means undefined, never 0.
 """
 
 
@@ -196,7 +201,7 @@ def write_report(
         return Path(os.path.relpath(target, out_dir)).as_posix()
 
     parts = [
-        "# Presence evaluation",
+        "# Evaluation",
         "",
         f"- Predictions: `{matching['predictions']}`",
         f"- Manifest(s): {', '.join(f'`{m}`' for m in matching['manifests'])}",
@@ -205,7 +210,9 @@ def write_report(
         parts.append(f"- Predicted folder: `{matching['images_root']}`")
     parts += ["", "## Matching", ""]
     parts += [f"- {line}" for line in matching_lines(matching)]
-    parts += ["", "## Per class", "", markdown_table(report["presence"]), ""]
+    parts.append("")
+    if "presence" in report:
+        parts += ["## Presence per class", "", markdown_table(report["presence"]), ""]
     if "detection" in report:
         parts += ["## Detection", "", detection_markdown_table(report["detection"]), ""]
     if "depth" in report:
@@ -215,6 +222,8 @@ def write_report(
         for caption, figure in figures.items():
             parts += [f"![{caption}]({link(figure)})", ""]
     parts.append(DEFINITIONS)
+    if "presence" in report:
+        parts.append(PRESENCE_DEFINITIONS)
     if "detection" in report:
         parts.append(DETECTION_DEFINITIONS)
     if "depth" in report:
