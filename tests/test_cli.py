@@ -151,3 +151,20 @@ def test_training_data_without_validation_data_is_refused(tmp_path, tiny_presenc
     )
     assert code == 2
     assert "--data.val_manifest" in capsys.readouterr().err
+
+
+def test_test_from_a_checkpoint_uses_the_synthetic_set_it_was_trained_on(tmp_path):
+    synthetic = "{train: 8, val: 4, test: 6, width: 64, height: 48, seed: 3}"
+    run, cache = tmp_path / "run", f"--data.cache_dir={tmp_path / 'cache'}"
+    code = main(
+        ["fit", *TINY, f"--data.synthetic={synthetic}", cache, "--trainer.max_epochs=1"]
+        + [f"--trainer.default_root_dir={run}"]
+    )
+    assert code == 0
+    # No data section given: the 6-image test split of that set, not the generator defaults.
+    tested = tmp_path / "test"
+    ckpt = f"--ckpt_path={run / 'checkpoints' / 'best.ckpt'}"
+    assert main(["test", *TINY, ckpt, cache, f"--trainer.default_root_dir={tested}"]) == 0
+    metrics = json.loads((tested / "metrics.json").read_text())["presence"]["per_class"]
+    assert all(m["labelled"] == 6 for m in metrics.values())
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # the training set only

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 
 from drivemtl.errors import DriveMTLError
 
@@ -50,11 +51,14 @@ def read_checkpoint_hparams(path: str | Path) -> dict[str, Any]:
 
 
 def align_data_with_checkpoint(section: Any, defaults: Any) -> None:
-    """Take ``data.classes`` and ``data.image_size`` from ``section.ckpt_path`` when not given.
+    """Take ``data.classes``, ``data.image_size`` and the synthetic set's settings from
+    ``section.ckpt_path`` when not given.
 
     A value counts as given when it differs from the parser default. The class list must
     match the checkpoint's (its head has one output per class, in order); the input size may
-    differ (a fully convolutional trunk with global pooling runs at any size).
+    differ (a fully convolutional trunk with global pooling runs at any size). Without a
+    manifest, ``validate`` / ``test`` use the synthetic set the model was trained on (its
+    other splits), not the generator's defaults: another distribution would be scored silently.
 
     Args:
         section: The parsed config of the subcommand (``ckpt_path`` and ``data``), edited here.
@@ -79,3 +83,11 @@ def align_data_with_checkpoint(section: Any, defaults: Any) -> None:
     size = model.get("image_size") or data.get("image_size")
     if size and tuple(section.data.image_size) == tuple(defaults.data.image_size):
         section.data.image_size = tuple(int(v) for v in size)
+    manifests = ("train_manifest", "val_manifest", "test_manifest")
+    trained_on = data.get("synthetic")
+    if (
+        isinstance(trained_on, dict)
+        and section.data.synthetic == defaults.data.synthetic
+        and not any(section.data.get(m) for m in manifests)
+    ):
+        section.data.synthetic = Namespace(**trained_on)
