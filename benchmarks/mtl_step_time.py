@@ -12,8 +12,8 @@ Gradient methods pay one backward pass per task (``--granularity class``: 4 task
 diagnostics pay it on diagnosed steps only (the table times one: every ``diagnose_every``
 steps).
 
-Usage (the README's figures: one thread, as other jobs shared the cores):
-    OMP_NUM_THREADS=1 python benchmarks/mtl_step_time.py                # ~10 min
+Usage (the README's figures: 5 rounds on a quiet machine):
+    python benchmarks/mtl_step_time.py --rounds 5                       # ~5 min on 2 cores
     python benchmarks/mtl_step_time.py --methods pcgrad --rounds 2 --batch-size 8
 """
 
