@@ -193,9 +193,29 @@ def run_lightning(args: list[str] | None) -> None:
     )
 
 
+USAGE = """\
+usage: drivemtl {fit,validate,test,predict,convert,evaluate,compare} ...
+
+Multi-task learning on driving scenes (presence, detection, depth) with PyTorch Lightning.
+
+subcommands (drivemtl <subcommand> --help for its options):
+  fit        train a model from a config (LightningCLI: --config configs/demo.yaml)
+  validate   metrics of a checkpoint on the validation data (--ckpt_path)
+  test       metrics of a checkpoint on the test data (--ckpt_path)
+  predict    predictions.jsonl (+ overlays, depth maps) for a folder of images
+  convert    COCO, YOLO, VOC, BDD100K, KITTI or Cityscapes annotations -> manifest
+  evaluate   score a predictions.jsonl against a manifest, per class
+  compare    multi-task gain over single-task runs (Delta_m) from their metrics.json
+"""
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``drivemtl``; returns the exit status."""
     argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        # LightningCLI's own top-level help would list only its four subcommands.
+        print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
     owns_run_dir = RUN_DIR_ENV not in os.environ
     try:
         if argv and argv[0] == "convert":

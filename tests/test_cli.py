@@ -168,3 +168,18 @@ def test_test_from_a_checkpoint_uses_the_synthetic_set_it_was_trained_on(tmp_pat
     metrics = json.loads((tested / "metrics.json").read_text())["presence"]["per_class"]
     assert all(m["labelled"] == 6 for m in metrics.values())
     assert len(list((tmp_path / "cache").iterdir())) == 1  # the training set only
+    # Another set given explicitly is scored, with a warning that it is not the training set.
+    other = "--data.synthetic={train: 2, val: 2, test: 3, width: 64, height: 48, seed: 4}"
+    with pytest.warns(UserWarning, match="differs from the synthetic set the checkpoint"):
+        code = main(["test", *TINY, ckpt, cache, other, f"--trainer.default_root_dir={tested}"])
+    assert code == 0
+    metrics = json.loads((tested / "metrics.json").read_text())["presence"]["per_class"]
+    assert all(m["labelled"] == 3 for m in metrics.values())
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "convert", "evaluate", "compare"):
+        assert f"\n  {command} " in out
+    assert main([]) == 2 and "usage: drivemtl" in capsys.readouterr().err

@@ -87,7 +87,7 @@ class DriveDataModule(L.LightningDataModule):
             manifest format); ``.npy`` depth maps are read as metres.
         depth_zoom_correction: Divide training depth by the zoom of the scale-crop
             augmentation, so depth agrees with how near the cropped picture looks (off: the
-            values are kept, and a model learns depth about 12-15 % too far with the
+            values are kept, and a model learns depth about 13-15 % too far with the
             default 60-100 % crops; see the README's Depth section).
     """
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
+from lightning.pytorch.utilities import rank_zero_warn
 
 from drivemtl.errors import DriveMTLError
 
@@ -85,9 +86,14 @@ def align_data_with_checkpoint(section: Any, defaults: Any) -> None:
         section.data.image_size = tuple(int(v) for v in size)
     manifests = ("train_manifest", "val_manifest", "test_manifest")
     trained_on = data.get("synthetic")
-    if (
-        isinstance(trained_on, dict)
-        and section.data.synthetic == defaults.data.synthetic
-        and not any(section.data.get(m) for m in manifests)
-    ):
+    if not isinstance(trained_on, dict) or any(section.data.get(m) for m in manifests):
+        return
+    given = section.data.synthetic
+    if given == defaults.data.synthetic:
         section.data.synthetic = Namespace(**trained_on)
+    elif isinstance(given, Namespace) and given.as_dict() != trained_on:
+        rank_zero_warn(
+            f"data.synthetic {given.as_dict()} differs from the synthetic set the checkpoint "
+            f"was trained on, {trained_on}: scoring the given one. Leave data.synthetic out "
+            "(e.g. no --config) to score the training set's other splits."
+        )

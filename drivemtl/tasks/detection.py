@@ -57,7 +57,7 @@ class DetectionTask(Task):
         levels: Pyramid levels to detect on (level l: stride 2**l; 2-5 come from the trunk,
             6 and 7 are added on top). The default, strides 4-16, suits this package's small
             inputs (about 100-400 px) where distant objects are 3-15 px wide: on the synthetic
-            demo, dropping the stride-4 level cut mAP@0.5 after one epoch from 0.58 to 0.03.
+            demo, dropping the stride-4 level cut mAP@0.5 after one epoch from 0.57 to 0.03.
             For large images add 5 (and 6, 7), as torchvision's FCOS does (3-7 at 800 px).
         fpn_channels: Channels of the pyramid and the head (a multiple of 32; torchvision: 256).
         head_convs: Convolutions per tower in the head (torchvision: 4). The light defaults
