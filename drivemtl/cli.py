@@ -7,6 +7,7 @@ directly with a list of arguments.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import warnings
@@ -193,6 +194,21 @@ def run_lightning(args: list[str] | None) -> None:
     )
 
 
+def user_message(error: DriveMTLError) -> str:
+    """The error's own message, without the worker traceback that a DataLoader worker adds.
+
+    PyTorch re-raises a worker's exception in the main process with the worker's formatted
+    traceback as its message; the user needs only the last part, what went wrong.
+    """
+    text = str(error)
+    head, marker, trace = text.partition("Original Traceback (most recent call last):\n")
+    if not marker:
+        return text
+    # The traceback's frames are indented; the exception line ("pkg.Error: message") is not.
+    found = re.search(r"^[A-Za-z_][\w.]*: ", trace, flags=re.MULTILINE)
+    return trace[found.end() :].rstrip() if found else text
+
+
 USAGE = """\
 usage: drivemtl {fit,validate,test,predict,convert,evaluate,compare} ...
 
@@ -233,7 +249,7 @@ def main(args: list[str] | None = None) -> int:
         # None lets LightningCLI read sys.argv itself (and not warn about being given both).
         run_lightning(None if args is None else argv)
     except DriveMTLError as e:
-        print(f"drivemtl: error: {e}", file=sys.stderr)
+        print(f"drivemtl: error: {user_message(e)}", file=sys.stderr)
         return 2
     finally:
         if owns_run_dir:  # the next run in this process gets a folder of its own

@@ -13,7 +13,7 @@ from drivemtl.data.datasets import ManifestDataset
 from drivemtl.data.manifest import read_manifest
 from drivemtl.data.transforms import build_transform
 from drivemtl.module import MultiTaskModule
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, write_image
 
 TINY = [
     "--data.image_size=[32, 48]",
@@ -183,3 +183,20 @@ def test_top_level_help_lists_every_subcommand(capsys):
     for command in ("fit", "validate", "test", "predict", "convert", "evaluate", "compare"):
         assert f"\n  {command} " in out
     assert main([]) == 2 and "usage: drivemtl" in capsys.readouterr().err
+
+
+def test_an_unreadable_image_in_a_loader_worker_is_one_clean_message(tmp_path, capsys):
+    train = tmp_path / "train.csv"
+    write_image(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    train.write_text("image,car\ngood.png,1\nbroken.png,0\n")
+    args = [a for a in TINY if not a.startswith("--data.num_workers")]
+    code = main(
+        ["fit", *args, f"--data.train_manifest={train}", f"--data.val_manifest={train}"]
+        + ["--data.num_workers=1", "--trainer.fast_dev_run=true"]
+        + [f"--trainer.default_root_dir={tmp_path / 'run'}"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and "worker process" not in err
+    assert f"drivemtl: error: {train}:3: cannot read" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from drivemtl.data.manifest import ManifestError, read_manifest
 from drivemtl.errors import DriveMTLError
@@ -54,6 +55,7 @@ def test_jsonl_presence_derived_from_boxes_explicit_wins(tmp_path):
         ({"image": "missing.jpg"}, "image file not found"),
         ({"image": "a.jpg", "boxes": [[10, 10, 120, 20, "car"]]}, "outside the 100x80 image"),
         ({"image": "a.jpg", "boxes": [[30, 10, 20, 20, "car"]]}, "empty or inverted"),
+        ({"image": "a.jpg", "boxes": [[float("nan"), 1, 9, 9, "car"]]}, "non-finite coordinates"),
         ({"image": "a.jpg", "boxes": [[1, 1, 5, 5, "bus"]]}, "unknown class 'bus'"),
         ({"image": "a.jpg", "depth": "nope.png"}, "depth file not found"),
         ({"image": "a.jpg", "labels": {}}, "unknown key(s) ['labels']"),
@@ -86,6 +88,7 @@ def test_malformed_json_and_all_problems_reported_at_once(tmp_path):
         ("image,pedestrian,truck\na.jpg,1,0\n", "unknown class column(s) ['truck']"),
         ("image,pedestrian\na.jpg,1,0\n", "3 cells, but the header has 2"),
         ("image,pedestrian\nb.jpg,1\n", "image file not found"),
+        ("image,car,car\na.jpg,1,0\n", "column(s) ['car'] appear more than once"),
     ],
 )
 def test_csv_bad_rows(tmp_path, text, message):
@@ -102,3 +105,25 @@ def test_missing_or_empty_manifest(tmp_path):
     (tmp_path / "e.jsonl").write_text("\n")
     with pytest.raises(DriveMTLError, match="no entries"):
         read_manifest(tmp_path / "e.jsonl", CLASSES)
+
+
+def test_encodings_a_byte_order_mark_is_fine_latin1_is_a_clear_error(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfimage,car\na.jpg,1\n")  # Excel's CSV UTF-8
+    assert read_manifest(tmp_path / "bom.csv", CLASSES)[0].presence == (-1, 1, -1, -1)
+    (tmp_path / "latin1.csv").write_bytes("image,car\nstra\u00dfe.jpg,1\n".encode("latin-1"))
+    with pytest.raises(DriveMTLError, match="latin1.csv is not UTF-8 text"):
+        read_manifest(tmp_path / "latin1.csv", CLASSES)
+
+
+def test_boxes_are_checked_against_the_upright_image(tmp_path):
+    # Stored 64 wide x 48 high, EXIF orientation 6: displayed (and trained on) 48 x 64.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (64, 48)).save(tmp_path / "turned.jpg", exif=exif)
+    upright = {"image": "turned.jpg", "boxes": [[2, 2, 40, 60, "car"]]}
+    records = read_manifest(write_jsonl(tmp_path / "ok.jsonl", [upright]), CLASSES)
+    assert records[0].boxes == ((2.0, 2.0, 40.0, 60.0, 1),)
+    stored = {"image": "turned.jpg", "boxes": [[2, 2, 60, 40, "car"]]}
+    with pytest.raises(ManifestError, match="outside the 48x64 image"):
+        read_manifest(write_jsonl(tmp_path / "bad.jsonl", [stored]), CLASSES)

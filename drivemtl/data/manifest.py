@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ JSONL_KEYS = {"image", "presence", "boxes", "depth", "ignore", "meta"}
 MAX_REPORTED_ERRORS = 20
 # Float rounding in converters may put a box edge a hair outside the image.
 BOX_TOLERANCE_PX = 0.01
+# EXIF orientations that turn the stored image by 90 degrees (width and height swap on display).
+EXIF_ORIENTATION = 0x0112
+EXIF_TRANSPOSED = (5, 6, 7, 8)
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,13 @@ def read_manifest(
     if not path.is_file():
         raise DriveMTLError(f"Manifest not found: {path}. Check the path given in the data config.")
     parse = _parse_csv if path.suffix.lower() == ".csv" else _parse_jsonl
-    records, problems = parse(path, list(classes), check_files)
+    try:
+        records, problems = parse(path, list(classes), check_files)
+    except UnicodeDecodeError as e:
+        raise DriveMTLError(
+            f"Manifest {path} is not UTF-8 text (byte {e.start}: {e.reason}). Save it as UTF-8 "
+            "(a spreadsheet's 'CSV UTF-8')."
+        ) from None
     if problems:
         raise ManifestError(path, problems)
     if not records:
@@ -123,11 +133,14 @@ def _class_index(name: object, classes: list[str]) -> int:
 
 def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record], list]:
     records, problems = [], []
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         if not header or header[0] != "image":
             return [], [(1, f"header must start with 'image', got {header}")]
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            return [], [(1, f"column(s) {repeated} appear more than once in the header")]
         unknown = [h for h in header[1:] if h not in classes]
         if unknown:
             return [], [(1, f"unknown class column(s) {unknown}; configured classes are {classes}")]
@@ -149,7 +162,7 @@ def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record
 
 def _parse_jsonl(path: Path, classes: list[str], check: bool) -> tuple[list[Record], list]:
     records, problems = [], []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for line, text in enumerate(f, start=1):
             if not text.strip():
                 continue
@@ -221,7 +234,9 @@ def _parse_boxes(value: object, classes: list[str], image: Path | None) -> tuple
     if image is not None and value:
         try:
             with Image.open(image) as im:
-                size = im.size
+                # Boxes are in displayed pixels: the image is loaded upright (EXIF applied).
+                turned = im.getexif().get(EXIF_ORIENTATION) in EXIF_TRANSPOSED
+                size = im.size[::-1] if turned else im.size
         except OSError as e:
             raise _LineError(f"cannot read image {image}: {e}") from None
     boxes = []
@@ -232,6 +247,8 @@ def _parse_boxes(value: object, classes: list[str], image: Path | None) -> tuple
         if not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coords):
             raise _LineError(f"box {i} has non-numeric coordinates: {box!r}")
         x1, y1, x2, y2 = (float(c) for c in coords)
+        if not all(math.isfinite(c) for c in (x1, y1, x2, y2)):
+            raise _LineError(f"box {i} has non-finite coordinates: {box!r}")
         if x2 <= x1 or y2 <= y1:
             raise _LineError(f"box {i} {box!r} is empty or inverted (needs x2 > x1 and y2 > y1)")
         if size is not None:
