@@ -94,7 +94,7 @@ def test_npy_metres_and_a_configured_png_scale(tmp_path):
     module = DriveDataModule(
         train_manifest=str(tmp_path / "mm.jsonl"),
         val_manifest=str(tmp_path / "mm.jsonl"),
-        image_size=(4, 6),
+        image_size=(32, 48),
         load_depth=True,
         depth_scale=1000.0,
     )
@@ -102,6 +102,20 @@ def test_npy_metres_and_a_configured_png_scale(tmp_path):
     assert torch.allclose(module.datasets["val"][0].depth, torch.tensor(12.345))
     with pytest.raises(DriveMTLError, match="depth_scale"):
         DriveDataModule(depth_scale=0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 0}, "data.batch_size must be at least 1"),
+        ({"num_workers": -1}, "data.num_workers must be 0"),
+        ({"image_size": (0, 0)}, "each at least 32 px"),
+        ({"image_size": (-32, 48)}, "each at least 32 px"),
+    ],
+)
+def test_bad_data_settings_are_clear_errors(options, message):
+    with pytest.raises(DriveMTLError, match=message):
+        DriveDataModule(**options)
 
 
 def test_bad_depth_files_name_the_manifest_line_and_the_problem(tmp_path):

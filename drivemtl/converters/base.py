@@ -256,14 +256,20 @@ def problems_path(out: str | Path) -> Path:
 
 
 def check_out(out: str | Path | None) -> Path | None:
-    """Reject output names that readers would not parse as JSONL."""
+    """Reject output names that are not a ``.jsonl`` file, before any work is done.
+
+    Converters write JSONL (boxes, ignore regions, depth); requiring the suffix also keeps a
+    slip such as ``--out instances.json`` from overwriting the annotations being converted.
+    """
     if out is None:
         return None
     out = Path(out)
-    if out.suffix.lower() == ".csv":
+    if out.is_dir():
+        raise DriveMTLError(f"--out {out} is a folder; give the manifest's file name (.jsonl)")
+    if out.suffix.lower() != ".jsonl":
         raise DriveMTLError(
-            f"--out {out}: converters write JSONL (boxes, ignore regions, depth); "
-            "use a .jsonl file name"
+            f"--out {out}: converters write a JSONL manifest (boxes, ignore regions, depth); "
+            "use a file name ending in .jsonl"
         )
     return out
 

@@ -28,6 +28,8 @@ from drivemtl.data.transforms import build_transform
 from drivemtl.errors import DriveMTLError
 
 SPLITS = ("train", "val", "test")
+MIN_IMAGE_SIDE = 32
+"""Smallest input side: the backbones reduce the image 32-fold."""
 
 
 @dataclass
@@ -114,6 +116,15 @@ class DriveDataModule(L.LightningDataModule):
             raise DriveMTLError(f"data.classes must be a non-empty list of unique names: {classes}")
         if not depth_scale > 0:
             raise DriveMTLError(f"data.depth_scale must be > 0 (units per metre): {depth_scale}")
+        if batch_size < 1:
+            raise DriveMTLError(f"data.batch_size must be at least 1: {batch_size}")
+        if num_workers < 0:
+            raise DriveMTLError(f"data.num_workers must be 0 (main process) or more: {num_workers}")
+        if len(image_size) != 2 or min(image_size) < MIN_IMAGE_SIDE:
+            raise DriveMTLError(
+                f"data.image_size is [height, width], each at least {MIN_IMAGE_SIDE} px (the "
+                f"backbone divides it by 32): {list(image_size)}"
+            )
         self.classes = list(classes)
         self.image_size = tuple(image_size)
         self.manifests = {

@@ -8,6 +8,7 @@ gradient methods, diagnostics and logs then see those names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -123,7 +124,8 @@ def resolve_loss_weights(
         terms: The terms trained.
 
     Raises:
-        DriveMTLError: For a key that names no configured head or class term.
+        DriveMTLError: For a key that names no configured head or class term, or a weight
+            that is negative or not a finite number.
     """
     loss_weights = dict(loss_weights or {})
     valid = set(tasks) | {
@@ -135,6 +137,11 @@ def resolve_loss_weights(
             f"model.loss_weights names tasks not trained: {sorted(unknown)}; "
             f"configured: {sorted(valid)}."
         )
+    bad = {k: v for k, v in loss_weights.items() if not _is_weight(v)}
+    if bad:
+        raise DriveMTLError(
+            f"model.loss_weights must be finite numbers >= 0 (0 switches a task off): {bad}."
+        )
     out = {}
     for term in terms:
         if term.name in loss_weights:
@@ -142,3 +149,9 @@ def resolve_loss_weights(
         elif term.head in loss_weights:
             out[term.name] = float(loss_weights[term.head])
     return out
+
+
+def _is_weight(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0

@@ -123,6 +123,12 @@ def test_fatal_inputs_exit_2_without_traceback(coco, tmp_path, capsys):
                  str(images), "--out", str(out)]) == 2  # fmt: skip
     assert "not found" in capsys.readouterr().err
     assert main(args(coco, tmp_path / "m.csv")) == 2
+    # --out naming the annotations (or a folder) is refused before anything is written.
+    ann.write_text('{"images": [], "annotations": [], "categories": []}')
+    before = ann.read_text()
+    assert main(args(coco, ann)) == 2 and ann.read_text() == before
+    assert "use a file name ending in .jsonl" in capsys.readouterr().err
+    assert main(args(coco, tmp_path)) == 2 and "is a folder" in capsys.readouterr().err
     assert main(["kitti", "--labels", str(tmp_path)]) == 2  # usage error from argparse
     assert main(["--help"]) == 0
 

@@ -128,3 +128,9 @@ def test_single_class_model_predicts_its_class_only():
         rows = model.predict_step(batch, 0)
     assert [set(row["presence"]) for row in rows] == [{"car"}] * 3
     assert all(set(row["present"]) <= {"car"} for row in rows)
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf"), "high"])
+def test_loss_weights_must_be_finite_and_not_negative(weight):
+    with pytest.raises(DriveMTLError, match="finite numbers >= 0"):
+        MultiTaskModule(loss_weights={"presence": weight})
