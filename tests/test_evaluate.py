@@ -252,6 +252,10 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     assert _evaluate(tmp_path / "missing.jsonl", manifest, tmp_path / "e4") == 2
     assert "Predictions file not found" in capsys.readouterr().err
 
+    # An output "folder" that is a file.
+    assert _evaluate(predictions, manifest, manifest) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+
     # Presence on some lines only: the file mixes two systems' outputs.
     lines = predictions.read_text().splitlines()
     lines[1] = json.dumps({"image": json.loads(lines[1])["image"]})

@@ -203,6 +203,8 @@ def evaluate(
         )
 
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise DriveMTLError(f"--output_dir {out} is a file; give a folder for the evaluation")
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(report, out / "metrics.json")
     write_json(out / "matching.json", matching)

@@ -98,6 +98,12 @@ def load_metrics(path: str | Path) -> dict:
         raise DriveMTLError(f"{path} is not a JSON metrics file: {e}") from None
     if not isinstance(report, dict) or not report:
         raise DriveMTLError(f"{path} holds no task sections (expected a metrics.json)")
+    bad = [k for k, v in report.items() if not isinstance(v, dict)]
+    if bad:
+        raise DriveMTLError(
+            f"{path}: section(s) {bad} are not objects of metrics; expected a drivemtl "
+            'metrics.json such as {"presence": {"map": ..., "per_class": {...}}}'
+        )
     return report
 
 

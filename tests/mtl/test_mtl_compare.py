@@ -85,6 +85,7 @@ TWO_CLASSES = {"a": {}, "b": {}}
         (MULTI, {"presence": {"map": 0, "per_class": TWO_CLASSES}}, [], "gain is undefined"),
         (MULTI, {"segmentation": {"miou": 0.5}}, [], "no default metric for section"),
         (MULTI, PEDESTRIAN, ["--output", "x.txt"], "--output must end in .json or .md"),
+        (MULTI, {"presence": 5}, [], "section(s) ['presence'] are not objects of metrics"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, capsys, multi, single, extra, message):
