@@ -209,6 +209,8 @@ def user_message(error: DriveMTLError) -> str:
     return trace[found.end() :].rstrip() if found else text
 
 
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "convert", "evaluate", "compare")
+
 USAGE = """\
 usage: drivemtl {fit,validate,test,predict,convert,evaluate,compare} ...
 
@@ -232,6 +234,9 @@ def main(args: list[str] | None = None) -> int:
         # LightningCLI's own top-level help would list only its four subcommands.
         print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    if argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+        print(f"{USAGE}\ndrivemtl: error: unknown subcommand {argv[0]!r}", file=sys.stderr)
+        return 2
     owns_run_dir = RUN_DIR_ENV not in os.environ
     try:
         if argv and argv[0] == "convert":

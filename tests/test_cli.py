@@ -183,6 +183,7 @@ def test_top_level_help_lists_every_subcommand(capsys):
     for command in ("fit", "validate", "test", "predict", "convert", "evaluate", "compare"):
         assert f"\n  {command} " in out
     assert main([]) == 2 and "usage: drivemtl" in capsys.readouterr().err
+    assert main(["trian"]) == 2 and "unknown subcommand 'trian'" in capsys.readouterr().err
 
 
 def test_an_unreadable_image_in_a_loader_worker_is_one_clean_message(tmp_path, capsys):

@@ -221,6 +221,7 @@ def test_nothing_readable_or_nothing_usable_is_an_error(trained, tmp_path, capsy
     empty = tmp_path / "empty"
     empty.mkdir()
     cases["No images in"] = (trained["ckpt"], empty)
+    cases["give --ckpt_path the checkpoint file (got 'best')"] = ("best", folder)
     for message, (ckpt, where) in cases.items():
         assert _predict(ckpt, where, tmp_path / "o2") == 2, message
         err = capsys.readouterr().err

@@ -8,6 +8,7 @@ from typing import Any
 from jsonargparse import ActionYesNo
 
 from drivemtl.errors import DriveMTLError
+from drivemtl.prediction.checkpoint import LIGHTNING_CKPT_NAMES
 from drivemtl.prediction.thresholds import ThresholdSpec, parse_thresholds
 from drivemtl.prediction.writer import PredictionWriter
 
@@ -93,9 +94,13 @@ def check_predict_config(section: Any) -> None:
         DriveMTLError: Without a checkpoint or a usable image folder, or for a threshold
             override that is malformed or names a class the checkpoint lacks.
     """
-    if not section.get("ckpt_path"):
+    ckpt_path = section.get("ckpt_path")
+    if not ckpt_path or str(ckpt_path) in LIGHTNING_CKPT_NAMES:
+        # "best" / "last" name a checkpoint of the current fit; predict runs no fit.
+        given = f" (got {ckpt_path!r})" if ckpt_path else ""
         raise DriveMTLError(
-            "predict needs a trained model: give --ckpt_path CKPT (e.g. RUN/checkpoints/best.ckpt)."
+            f"predict needs a trained model: give --ckpt_path the checkpoint file{given}, "
+            "e.g. RUN/checkpoints/best.ckpt."
         )
     folder = section.data.get("predict_dir")
     if not folder:
