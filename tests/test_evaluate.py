@@ -243,6 +243,12 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{broken}:3: 'presence' of ['car'] is not a probability" in err
     assert f"{broken}:5: 'presence' has classes" in err and "Traceback" not in err
+    # A malformed JSON line is one more problem, listed with the others.
+    lines[1] = '{"image": "img/i1.png", '
+    broken.write_text("\n".join(lines) + "\n")
+    assert _evaluate(broken, manifest, tmp_path / "e1") == 2
+    err = capsys.readouterr().err
+    assert f"{broken}:2: not valid JSON" in err and f"{broken}:3: 'presence' of ['car']" in err
 
     assert _evaluate(predictions, manifest, tmp_path / "e2", "--classes=truck") == 2
     assert "truck" in capsys.readouterr().err

@@ -226,6 +226,8 @@ def test_nothing_readable_or_nothing_usable_is_an_error(trained, tmp_path, capsy
         assert _predict(ckpt, where, tmp_path / "o2") == 2, message
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+    assert _predict(trained["ckpt"], folder, tmp_path / "o3", "--overlay_max_side=0") == 2
+    assert "--overlay_max_side must be at least 64 px" in capsys.readouterr().err
 
 
 def test_threshold_overrides_reach_the_decisions(trained, tmp_path, capsys):

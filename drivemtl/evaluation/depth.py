@@ -131,7 +131,8 @@ def evaluate_depth(
             shown.append(f"  ... and {len(problems) - MAX_REPORTED} more")
         raise DriveMTLError(
             f"{len(problems)} depth map(s) could not be scored:\n" + "\n".join(shown) + "\n"
-            "Predicted depth maps must be at the original image size, like the ground truth."
+            "Each pair needs two readable single-channel maps (uint16 PNG or .npy) of the same "
+            "size: predictions at the original image size, like the ground truth."
         )
     cap = (float(min_depth), float(max_depth))
     return DepthEvaluation(metric.report(), cap, len(with_truth), missing)

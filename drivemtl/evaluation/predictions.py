@@ -67,7 +67,7 @@ def read_predictions(path: str | Path) -> Predictions:
     with_presence: bool | None = None  # set by line 1
     images, scores, present, duplicates, problems = [], [], [], [], []
     seen: set[str] = set()
-    for number, obj in iter_jsonl(path):
+    for number, obj in iter_jsonl(path, problems):
         image, probs, chosen = obj.get("image"), obj.get("presence"), obj.get("present")
         try:
             if not isinstance(image, str) or not image:

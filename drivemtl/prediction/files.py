@@ -53,11 +53,17 @@ class LineAppender:
             self._fd = None
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str | Path, problems: list[str] | None = None) -> Iterator[tuple[int, dict]]:
     """``(line number, object)`` for every non-empty line of a JSONL file, streamed.
 
+    Args:
+        path: The file.
+        problems: When given, a bad line is appended here (``"  path:line: what"``) and
+            skipped, so that a caller can report every bad line at once.
+
     Raises:
-        DriveMTLError: For a line that is not a JSON object, naming the file and line.
+        DriveMTLError: For a line that is not a JSON object (without ``problems``), naming
+            the file and line.
     """
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -65,11 +71,15 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
                 continue
             try:
                 obj = json.loads(line)
+                problem = None if isinstance(obj, dict) else "expected a JSON object per line"
             except json.JSONDecodeError as e:
-                raise DriveMTLError(f"{path}:{number}: not valid JSON ({e.msg}).") from None
-            if not isinstance(obj, dict):
-                raise DriveMTLError(f"{path}:{number}: expected a JSON object per line.")
-            yield number, obj
+                problem = f"not valid JSON ({e.msg})"
+            if problem is None:
+                yield number, obj
+            elif problems is None:
+                raise DriveMTLError(f"{path}:{number}: {problem}.")
+            else:
+                problems.append(f"  {path}:{number}: {problem}")
 
 
 def repair_tail(path: str | Path) -> bool:

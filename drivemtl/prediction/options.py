@@ -12,6 +12,10 @@ from drivemtl.prediction.checkpoint import LIGHTNING_CKPT_NAMES
 from drivemtl.prediction.thresholds import ThresholdSpec, parse_thresholds
 from drivemtl.prediction.writer import PredictionWriter
 
+DEFAULT_OVERLAY_SIDE = 1280
+MIN_OVERLAY_SIDE = 64
+"""Overlays smaller than this could not show their labels."""
+
 OPTION_KEYS = (
     "output_dir",
     "thresholds",
@@ -58,7 +62,7 @@ def add_predict_arguments(parser: Any) -> None:
     group.add_argument(
         "--overlay_max_side",
         type=int,
-        default=1280,
+        default=DEFAULT_OVERLAY_SIDE,
         help="Longer side of overlay pictures in pixels (larger images are scaled down).",
     )
     group.add_argument(
@@ -115,6 +119,11 @@ def check_predict_config(section: Any) -> None:
             f"its classes are {list(section.data.classes)}."
         )
 
+    side = section.get("overlay_max_side")
+    if side is not None and side < MIN_OVERLAY_SIDE:
+        raise DriveMTLError(
+            f"--overlay_max_side must be at least {MIN_OVERLAY_SIDE} px (default 1280): {side}"
+        )
     box = section.get("box_score_threshold")
     if box is not None and not 0.0 <= box <= 1.0:
         raise DriveMTLError(f"--box_score_threshold must be in [0, 1], got {box}.")
@@ -129,7 +138,7 @@ def build_writer(section: Any, output_dir: str | Path) -> PredictionWriter:
         thresholds=section.get("thresholds"),
         box_score_threshold=section.get("box_score_threshold"),
         overlays=bool(section.get("overlays")),
-        overlay_max_side=int(section.get("overlay_max_side") or 1280),
+        overlay_max_side=int(section.get("overlay_max_side") or DEFAULT_OVERLAY_SIDE),
         depth_preview=bool(section.get("depth_preview", True)),
         csv=bool(section.get("csv")),
         resume=bool(section.get("resume")),
