@@ -95,9 +95,10 @@ def test_fit_leaves_the_run_folder_and_reloads_exactly(tmp_path, tiny_presence_s
 
 
 def test_fit_learns_the_toy_task(tmp_path, tiny_presence_set):
-    run, _, _ = _fit(
-        tmp_path, tiny_presence_set, ["--trainer.max_epochs=12", "--model.warmup_steps=5"]
-    )
+    # Seeded: an unseeded run takes whatever seed an earlier test left in PL_GLOBAL_SEED.
+    # Over seeds 0-5 these 20 epochs reached macro AP 0.87-0.96 (12 epochs: 0.74-0.96).
+    extra = ["--trainer.max_epochs=20", "--model.warmup_steps=5", "--seed_everything=0"]
+    run, _, _ = _fit(tmp_path, tiny_presence_set, extra)
     metrics = json.loads((run / "metrics.json").read_text())["presence"]
     # Bright squares in fixed quadrants: far above the chance level of about 0.5.
     assert metrics["map"] > 0.8
