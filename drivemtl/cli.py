@@ -16,6 +16,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from drivemtl.data.datamodule import DriveDataModule
 from drivemtl.errors import DriveMTLError
@@ -42,6 +43,22 @@ def tasks_need_depth(tasks: dict | None) -> bool:
     from drivemtl.tasks import TASKS
 
     return any(getattr(TASKS.get(name), "needs_depth", False) for name in tasks or {})
+
+
+def warn_model_options_ignored(subcommand: str, section, argv) -> None:
+    """Warn that ``--model.*`` flags do nothing when a checkpoint defines the model.
+
+    Lightning rebuilds the model from the checkpoint's hyperparameters for validate, test and
+    predict, so a flag such as ``--model.backbone`` would otherwise be dropped without a word.
+    """
+    if subcommand == "fit" or not section.get("ckpt_path"):
+        return
+    given = sorted({str(a).split("=", 1)[0] for a in argv if str(a).startswith("--model.")})
+    if given:
+        rank_zero_warn(
+            f"{', '.join(given)} ignored: {subcommand} builds the model the checkpoint "
+            f"{section.get('ckpt_path')} describes (backbone, tasks and their options)."
+        )
 
 
 class DriveCLI(LightningCLI):
@@ -75,6 +92,7 @@ class DriveCLI(LightningCLI):
         section = self.config[subcommand]
         defaults = self._subcommand_parsers[subcommand].get_defaults()
         align_data_with_checkpoint(section, defaults)
+        warn_model_options_ignored(subcommand, section, sys.argv[1:] if args is None else args)
         if subcommand == "predict":
             check_predict_config(section)  # before any model is built
 

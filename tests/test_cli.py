@@ -165,7 +165,11 @@ def test_test_from_a_checkpoint_uses_the_synthetic_set_it_was_trained_on(tmp_pat
     # No data section given: the 6-image test split of that set, not the generator defaults.
     tested = tmp_path / "test"
     ckpt = f"--ckpt_path={run / 'checkpoints' / 'best.ckpt'}"
-    assert main(["test", *TINY, ckpt, cache, f"--trainer.default_root_dir={tested}"]) == 0
+    # Model flags are ignored (the checkpoint's resnet18 loads, not a resnet34), with a warning.
+    bigger = "--model.backbone=resnet34"
+    with pytest.warns(UserWarning, match="--model.backbone ignored: test builds the model"):
+        code = main(["test", *TINY, bigger, ckpt, cache, f"--trainer.default_root_dir={tested}"])
+    assert code == 0
     metrics = json.loads((tested / "metrics.json").read_text())["presence"]["per_class"]
     assert all(m["labelled"] == 6 for m in metrics.values())
     assert len(list((tmp_path / "cache").iterdir())) == 1  # the training set only
