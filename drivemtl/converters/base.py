@@ -211,6 +211,13 @@ class Summary:
         if self.with_depth:
             lines.append(f"depth maps: {self.with_depth} of {self.images_written} image(s)")
         lines.extend(f"note: {note}" for note in self.notes)
+        if self.images_in_source and skipped * 2 > self.images_in_source:
+            cause, count = self.skipped.most_common(1)[0]
+            lines.append(
+                f"WARNING: {skipped} of {self.images_in_source} source image(s) were skipped, "
+                f"{count} of them for: {cause}. Check the options (class names, paths) before "
+                "training on this manifest."
+            )
         if self.problems:
             listed = f", listed in {problems_file}" if problems_file else ""
             lines.append(f"problems: {self.problems}{listed}")

@@ -492,3 +492,19 @@ def test_cityscapes_boxes_groups_and_depth(cityscapes_root, tmp_path):
 def test_cityscapes_missing_split_is_fatal(cityscapes_root):
     with pytest.raises(DriveMTLError, match="splits found: val"):
         convert_cityscapes(cityscapes_root, "train", depth=False)
+
+
+def test_a_conversion_that_skips_most_images_warns(yolo_set, tmp_path):
+    labels, images, _ = yolo_set
+    txt = tmp_path / "names.txt"
+    txt.write_text("person\n")  # the labels use class ids up to 3
+    conv = convert_yolo(labels, images, txt)
+    skipped = sum(conv.summary.skipped.values())
+    assert skipped * 2 > conv.summary.images_in_source
+    assert (
+        f"WARNING: {skipped} of {conv.summary.images_in_source} source image(s) were skipped"
+        in (conv.summary.table())
+    )
+    # A clean conversion has no such line.
+    txt.write_text("person\ncar\nstop sign\ndog\n")
+    assert "WARNING" not in convert_yolo(labels, images, txt).summary.table()
