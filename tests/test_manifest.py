@@ -127,3 +127,12 @@ def test_boxes_are_checked_against_the_upright_image(tmp_path):
     stored = {"image": "turned.jpg", "boxes": [[2, 2, 60, 40, "car"]]}
     with pytest.raises(ManifestError, match="outside the 48x64 image"):
         read_manifest(write_jsonl(tmp_path / "bad.jsonl", [stored]), CLASSES)
+
+
+def test_explicit_zero_beside_a_box_wins_with_a_warning(tmp_path):
+    write_image(tmp_path / "a.jpg", 100, 80)
+    entry = {"image": "a.jpg", "presence": {"car": 0}, "boxes": [[1, 1, 5, 5, "car"]]}
+    path = write_jsonl(tmp_path / "m.jsonl", [{"image": "a.jpg"}, entry])
+    with pytest.warns(UserWarning, match=rf"1 manifest entr\(ies\) .*first: {path}:2, 'car'"):
+        records = read_manifest(path, CLASSES)
+    assert records[1].presence[1] == 0  # the contract: an explicit value wins

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,26 @@ def read_manifest(
         raise ManifestError(path, problems)
     if not records:
         raise DriveMTLError(f"Manifest {path} has no entries.")
+    _warn_contradictions(records, classes)
     return records
+
+
+def _warn_contradictions(records: Sequence[Record], classes: Sequence[str]) -> None:
+    """Warn about explicit ``0`` presence beside a box of that class (the ``0`` wins)."""
+    found = [
+        (r.source, classes[c])
+        for r in records
+        for c, value in enumerate(r.presence)
+        if value == NEGATIVE and any(b[4] == c for b in r.boxes or ())
+    ]
+    if found:
+        source, name = found[0]
+        warnings.warn(
+            f"{len(found)} manifest entr(ies) give presence 0 for a class that has a box there "
+            f"(first: {source}, '{name}'). The explicit 0 wins, as the manifest format says; "
+            "check these labels.",
+            stacklevel=3,
+        )
 
 
 def _resolve(base: Path, value: object, what: str, check: bool) -> Path:
