@@ -62,3 +62,17 @@ def test_eval_resize_scales_boxes_exactly(scene):
     # 160x96 -> 80x48 halves every coordinate.
     assert sample.boxes.tolist() == [[20.0, 15.0, 50.0, 35.0]]
     assert sample.original_size == (96, 160)
+
+
+def test_augmentation_follows_the_torch_seed():
+    """A seeded run augments the same way in the main process (no loader workers) too."""
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+
+    def augmented(seed: int) -> np.ndarray:
+        torch.manual_seed(seed)  # what seed_everything does before the DataModule is built
+        transform = build_transform((32, 48), train=True)
+        empty = {"bboxes": np.zeros((0, 4)), "box_labels": [], "box_ids": []}
+        return np.stack([transform(image=image, **empty)["image"] for _ in range(4)])
+
+    assert np.array_equal(augmented(3), augmented(3))
+    assert not np.array_equal(augmented(3), augmented(4))

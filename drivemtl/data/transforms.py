@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import albumentations as A
 import cv2
+import torch
 
 BOX_PARAMS = A.BboxParams(
     format="pascal_voc",
@@ -54,7 +55,10 @@ def build_transform(image_size: tuple[int, int], train: bool) -> A.Compose:
                 mask_interpolation=cv2.INTER_NEAREST,
             )
         ]
-    return A.Compose(steps, bbox_params=BOX_PARAMS, seed=None)
+    # Albumentations keeps its own generator; without a seed it draws one from the OS, and a
+    # seeded run (seed_everything) would still augment differently in the main process.
+    # Loader workers reseed it per worker (seed_worker_transform).
+    return A.Compose(steps, bbox_params=BOX_PARAMS, seed=torch.initial_seed() % 2**32)
 
 
 def crop_zoom(applied: Sequence[tuple[str, dict]], original_size: tuple[int, int]) -> float:
