@@ -219,7 +219,7 @@ def user_message(error: DriveMTLError) -> str:
     traceback as its message; the user needs only the last part, what went wrong.
     """
     text = str(error)
-    head, marker, trace = text.partition("Original Traceback (most recent call last):\n")
+    _, marker, trace = text.partition("Original Traceback (most recent call last):\n")
     if not marker:
         return text
     # The traceback's frames are indented; the exception line ("pkg.Error: message") is not.

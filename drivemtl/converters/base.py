@@ -34,6 +34,7 @@ from pathlib import Path
 from PIL import Image
 
 from drivemtl.converters.mapping import IGNORE, ClassMapping, normalize
+from drivemtl.data.io import displayed_size
 from drivemtl.data.labels import DEFAULT_CLASSES, UNKNOWN_TOKEN
 from drivemtl.data.manifest import write_manifest
 from drivemtl.errors import DriveMTLError
@@ -326,12 +327,6 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the file header only (no pixel decoding)."""
-    with Image.open(path) as im:
-        return im.size
-
-
 def parse_box(values: Iterable[object]) -> Box | None:
     """Four finite numbers as a box, or ``None`` when they are not."""
     try:
@@ -462,7 +457,7 @@ def _convert_image(
     needed = bool(img.objects or img.dontcare or img.depth)  # header reads cost time on big sets
     if needed and (size is None or size[0] <= 0 or size[1] <= 0):
         try:
-            size = image_size(img.image)
+            size = displayed_size(img.image)
         except OSError as e:
             report.skip(img.source, entry_name, "cannot read image", f"{img.image}: {e}")
             return None

@@ -21,12 +21,12 @@ from drivemtl.converters.base import (
     SourceObject,
     build_manifest,
     check_out,
-    image_size,
     list_images,
     parse_box,
     require_dir,
     require_file,
 )
+from drivemtl.data.io import displayed_size
 from drivemtl.errors import DriveMTLError
 
 
@@ -99,7 +99,7 @@ def read_yolo(
             continue
         used_labels.add(label.resolve())
         try:
-            size = image_size(image)
+            size = displayed_size(image)
         except OSError as e:
             report.skip(label, "", "cannot read image", f"{image}: {e}")
             continue

@@ -30,6 +30,23 @@ def load_rgb(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+EXIF_ORIENTATION = 0x0112
+EXIF_TRANSPOSED = (5, 6, 7, 8)
+"""EXIF orientations that turn the stored image by 90 degrees (width and height swap)."""
+
+
+def displayed_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of the image as :func:`load_rgb` returns it (EXIF applied), from
+    the file header only (no pixel decoding).
+
+    Raises:
+        OSError: When the file is not a readable image.
+    """
+    with Image.open(path) as im:
+        turned = im.getexif().get(EXIF_ORIENTATION) in EXIF_TRANSPOSED
+        return im.size[::-1] if turned else im.size
+
+
 _DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 """Pillow modes of single-channel 16-bit (and 32-bit integer) images."""
 

@@ -14,8 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+from drivemtl.data.io import displayed_size
 from drivemtl.data.labels import NEGATIVE, POSITIVE, UNKNOWN, UNKNOWN_TOKEN
 from drivemtl.errors import DriveMTLError
 
@@ -23,9 +22,6 @@ JSONL_KEYS = {"image", "presence", "boxes", "depth", "ignore", "meta"}
 MAX_REPORTED_ERRORS = 20
 # Float rounding in converters may put a box edge a hair outside the image.
 BOX_TOLERANCE_PX = 0.01
-# EXIF orientations that turn the stored image by 90 degrees (width and height swap on display).
-EXIF_ORIENTATION = 0x0112
-EXIF_TRANSPOSED = (5, 6, 7, 8)
 
 
 @dataclass(frozen=True)
@@ -253,10 +249,7 @@ def _parse_boxes(value: object, classes: list[str], image: Path | None) -> tuple
     size = None
     if image is not None and value:
         try:
-            with Image.open(image) as im:
-                # Boxes are in displayed pixels: the image is loaded upright (EXIF applied).
-                turned = im.getexif().get(EXIF_ORIENTATION) in EXIF_TRANSPOSED
-                size = im.size[::-1] if turned else im.size
+            size = displayed_size(image)  # boxes are in the pixels training loads
         except OSError as e:
             raise _LineError(f"cannot read image {image}: {e}") from None
     boxes = []

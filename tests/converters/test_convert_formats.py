@@ -508,3 +508,21 @@ def test_a_conversion_that_skips_most_images_warns(yolo_set, tmp_path):
     # A clean conversion has no such line.
     txt.write_text("person\ncar\nstop sign\ndog\n")
     assert "WARNING" not in convert_yolo(labels, images, txt).summary.table()
+
+
+def test_yolo_on_an_exif_rotated_photo_uses_the_upright_size(tmp_path):
+    # Stored 100 wide x 50 high, EXIF orientation 6: upright (as loaded) 50 x 100. YOLO's
+    # normalised coordinates refer to the upright picture.
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (100, 50)).save(images / "phone.jpg", exif=exif)
+    (labels / "phone.txt").write_text("0 0.5 0.5 0.2 0.4\n")  # person: [20, 30, 30, 70]
+    names = tmp_path / "names.txt"
+    names.write_text("person\n")
+    out = tmp_path / "m.jsonl"
+    conv = convert_yolo(labels, images, names, out=out)
+    entry = written(conv, out)["phone.jpg"]  # read back: the box lies inside the 50 x 100 image
+    assert entry["boxes"] == [[20.0, 30.0, 30.0, 70.0, "pedestrian"]]
