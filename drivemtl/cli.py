@@ -13,11 +13,13 @@ import time
 import warnings
 from pathlib import Path
 
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from drivemtl.checkpoints import SafeCheckpointIO
 from drivemtl.data.datamodule import DriveDataModule
 from drivemtl.errors import DriveMTLError
 from drivemtl.module import MultiTaskModule
@@ -59,6 +61,20 @@ def warn_model_options_ignored(subcommand: str, section, argv) -> None:
             f"{', '.join(given)} ignored: {subcommand} builds the model the checkpoint "
             f"{section.get('ckpt_path')} describes (backbone, tasks and their options)."
         )
+
+
+def with_safe_checkpoint_io(plugins) -> list:
+    """The configured trainer plugins, with every checkpoint read through the safe loader.
+
+    A user's own ``CheckpointIO`` plugin is refused: it would bypass the ``weights_only`` load.
+    """
+    plugins = [] if plugins is None else list(plugins if isinstance(plugins, list) else [plugins])
+    if any(isinstance(p, CheckpointIO) for p in plugins):
+        raise DriveMTLError(
+            "trainer.plugins: a CheckpointIO plugin is not supported; drivemtl reads every "
+            "checkpoint through its own safe loader (drivemtl.checkpoints)."
+        )
+    return [*plugins, SafeCheckpointIO()]
 
 
 class DriveCLI(LightningCLI):
@@ -110,6 +126,7 @@ class DriveCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         run_dir = self._run_dir()
         kwargs["default_root_dir"] = str(run_dir)
+        kwargs["plugins"] = with_safe_checkpoint_io(self._get(self.config_init, "trainer.plugins"))
         if self.subcommand == "predict":
             # Predicting logs and saves nothing: keep the output folder to the outputs.
             kwargs["enable_checkpointing"] = False
@@ -245,9 +262,51 @@ subcommands (drivemtl <subcommand> --help for its options):
 """
 
 
+DEBUG_ENV = "DRIVEMTL_DEBUG"
+"""Set to 1 (or pass ``--debug``) to see the traceback behind an error message."""
+
+
 def main(args: list[str] | None = None) -> int:
-    """Entry point of ``drivemtl``; returns the exit status."""
+    """Entry point of ``drivemtl``; returns the exit status.
+
+    Errors a user can cause end in one ``drivemtl: error:`` message and exit status 2; an
+    unexpected one (a bug) in a message with exit status 1. ``--debug`` or ``DRIVEMTL_DEBUG=1``
+    lets the exception through with its traceback.
+    """
     argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # DDP workers re-run the command line without the flag
+    if args is None:
+        sys.argv[1:] = argv  # LightningCLI reads sys.argv itself
+    try:
+        return _dispatch(argv, None if args is None else argv)
+    except Exception as e:
+        if debug:
+            raise
+        if isinstance(e, DriveMTLError):
+            print(f"drivemtl: error: {user_message(e)}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):  # a file the user named: missing, unreadable, disk full
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"drivemtl: error: {where}{e.strerror or user_message(e)}", file=sys.stderr)
+            return 2
+        print(
+            f"drivemtl: error: unexpected {type(e).__name__}: {user_message(e)}\n"
+            f"This is probably a bug in drivemtl: run again with --debug (or {DEBUG_ENV}=1) "
+            "for the traceback, and report it.",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("drivemtl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(argv: list[str], lightning_args: list[str] | None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         # LightningCLI's own top-level help would list only its four subcommands.
         print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
@@ -257,23 +316,20 @@ def main(args: list[str] | None = None) -> int:
         return 2
     owns_run_dir = RUN_DIR_ENV not in os.environ
     try:
-        if argv and argv[0] == "convert":
+        if argv[0] == "convert":
             from drivemtl.converters import main as convert
 
             return convert(argv[1:])
-        if argv and argv[0] == "evaluate":
+        if argv[0] == "evaluate":
             from drivemtl.evaluation import main as evaluate
 
             return evaluate(argv[1:])
-        if argv and argv[0] == "compare":
+        if argv[0] == "compare":
             from drivemtl.mtl.compare import main as compare
 
             return compare(argv[1:])
         # None lets LightningCLI read sys.argv itself (and not warn about being given both).
-        run_lightning(None if args is None else argv)
-    except DriveMTLError as e:
-        print(f"drivemtl: error: {user_message(e)}", file=sys.stderr)
-        return 2
+        run_lightning(lightning_args)
     finally:
         if owns_run_dir:  # the next run in this process gets a folder of its own
             os.environ.pop(RUN_DIR_ENV, None)

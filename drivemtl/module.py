@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from drivemtl.checkpoints import check_state_fits, load_checkpoint
 from drivemtl.data.batch import Batch
 from drivemtl.data.labels import DEFAULT_CLASSES
 from drivemtl.errors import DriveMTLError
@@ -147,6 +148,34 @@ class MultiTaskModule(L.LightningModule):
         self.reports: dict[str, dict] = {}
         """The last report of each stage ("val", "test"): the sections of ``metrics.json``."""
 
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path,
+        map_location=None,
+        hparams_file=None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs,
+    ) -> MultiTaskModule:
+        """The model a checkpoint describes, with its weights (``eval()`` is up to the caller).
+
+        Read through :func:`drivemtl.checkpoints.load_checkpoint` (a local file, tensors and
+        plain data only); ``kwargs`` override stored hyperparameters, as in Lightning.
+        """
+        if hparams_file is not None:
+            raise DriveMTLError("hparams_file is not supported: the checkpoint holds them all.")
+        checkpoint = load_checkpoint(checkpoint_path, map_location=map_location or "cpu")
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise DriveMTLError(f"checkpoint {checkpoint_path} is not a Lightning checkpoint.")
+        stored = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}
+        # LightningCLI stores its instantiator; the hyperparameters themselves are plain data.
+        hparams = {k: v for k, v in stored.items() if not k.startswith("_")}
+        model = cls(**{**hparams, **kwargs})
+        model.on_load_checkpoint({**checkpoint, "_source": str(checkpoint_path)})
+        model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+        return model
+
     @property
     def monitor(self) -> str:
         """The logged metric that selects the best checkpoint: the first task's main metric."""
@@ -243,6 +272,10 @@ class MultiTaskModule(L.LightningModule):
             checkpoint["task_affinity"] = self.objective.affinity.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Check the weights against the model the hyperparameters built (before loading)."""
+        source = getattr(self._trainer, "ckpt_path", None) or checkpoint.get("_source")
+        what = f"checkpoint {source}" if source else "the checkpoint"
+        check_state_fits(checkpoint.get("state_dict") or {}, self.state_dict(), what)
         if self.objective.affinity is not None and "task_affinity" in checkpoint:
             self.objective.affinity.load_state_dict(checkpoint["task_affinity"])
 

@@ -217,7 +217,7 @@ def test_nothing_readable_or_nothing_usable_is_an_error(trained, tmp_path, capsy
         "Image folder not found": (trained["ckpt"], tmp_path / "nowhere"),
     }
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
-    cases["Cannot read checkpoint"] = (tmp_path / "junk.ckpt", folder)
+    cases["is not a file torch.save writes"] = (tmp_path / "junk.ckpt", folder)
     empty = tmp_path / "empty"
     empty.mkdir()
     cases["No images in"] = (trained["ckpt"], empty)

@@ -11,14 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import Namespace
 from lightning.pytorch.utilities import rank_zero_warn
 
+from drivemtl.checkpoints import load_checkpoint, local_path
 from drivemtl.errors import DriveMTLError
 
-LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
-"""``ckpt_path`` values that Lightning resolves to a file itself."""
+LIGHTNING_CKPT_NAMES = ("best", "last", "hpc")
+"""``ckpt_path`` values that Lightning resolves to a local file itself (then read safely by
+:class:`~drivemtl.checkpoints.SafeCheckpointIO`)."""
 
 
 def read_checkpoint_hparams(path: str | Path) -> dict[str, Any]:
@@ -30,17 +31,8 @@ def read_checkpoint_hparams(path: str | Path) -> dict[str, Any]:
     Raises:
         DriveMTLError: When the file is missing, unreadable, or not a drivemtl checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DriveMTLError(f"Checkpoint not found: {path}")
-    try:
-        try:
-            # mmap: only the small hyperparameter dicts are read, not the weights.
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # a legacy (non-zip) file cannot be mapped: read it whole
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged or foreign file
-        raise DriveMTLError(f"Cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    # mmap: only the small hyperparameter dicts are read, not the weights.
+    ckpt = load_checkpoint(path, mmap=True)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise DriveMTLError(f"{path} is not a Lightning checkpoint (no 'state_dict').")
     model = dict(ckpt.get("hyper_parameters") or {})
@@ -69,8 +61,16 @@ def align_data_with_checkpoint(section: Any, defaults: Any) -> None:
         DriveMTLError: For an unusable checkpoint, or classes that differ from it.
     """
     ckpt_path = section.get("ckpt_path")
-    if not ckpt_path or str(ckpt_path) in LIGHTNING_CKPT_NAMES or "://" in str(ckpt_path):
+    if not ckpt_path or str(ckpt_path) in LIGHTNING_CKPT_NAMES:
         return  # Lightning resolves these itself (no local file to read here)
+    if str(ckpt_path).startswith("registry"):
+        raise DriveMTLError(
+            f"ckpt_path {ckpt_path}: Lightning's model registry is not used (a downloaded "
+            "checkpoint could run code). Download the file and pass its local path."
+        )
+    # A file:// URL becomes its path (Lightning would not read its hyperparameters otherwise);
+    # a remote URL is refused here, before Lightning could fetch and unpickle it.
+    section.ckpt_path = ckpt_path = str(local_path(ckpt_path))
     hparams = read_checkpoint_hparams(ckpt_path)
     model, data = hparams["model"], hparams["data"]
     classes = list(model["classes"])
