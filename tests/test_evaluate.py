@@ -248,7 +248,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     broken.write_text("\n".join(lines) + "\n")
     assert _evaluate(broken, manifest, tmp_path / "e1") == 2
     err = capsys.readouterr().err
-    assert f"{broken}:2: not valid JSON" in err and f"{broken}:3: 'presence' of ['car']" in err
+    assert f"{broken}:2: malformed JSON" in err and f"{broken}:3: 'presence' of ['car']" in err
 
     assert _evaluate(predictions, manifest, tmp_path / "e2", "--classes=truck") == 2
     assert "truck" in capsys.readouterr().err

@@ -112,7 +112,7 @@ def test_encodings_a_byte_order_mark_is_fine_latin1_is_a_clear_error(tmp_path):
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfimage,car\na.jpg,1\n")  # Excel's CSV UTF-8
     assert read_manifest(tmp_path / "bom.csv", CLASSES)[0].presence == (-1, 1, -1, -1)
     (tmp_path / "latin1.csv").write_bytes("image,car\nstra\u00dfe.jpg,1\n".encode("latin-1"))
-    with pytest.raises(DriveMTLError, match="latin1.csv is not UTF-8 text"):
+    with pytest.raises(DriveMTLError, match=r"latin1.csv:2: not UTF-8 text"):
         read_manifest(tmp_path / "latin1.csv", CLASSES)
 
 

@@ -23,7 +23,6 @@ DontCare regions become ``ignore`` regions, never boxes and never background.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import Counter
@@ -38,6 +37,7 @@ from drivemtl.data.io import displayed_size
 from drivemtl.data.labels import DEFAULT_CLASSES, UNKNOWN_TOKEN
 from drivemtl.data.manifest import write_manifest
 from drivemtl.errors import DriveMTLError
+from drivemtl.jsonl import load_file
 
 Box = tuple[float, float, float, float]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -124,6 +124,8 @@ class Report:
         self.problems: list[Problem] = []
         self.skipped: Counter[str] = Counter()
         self.notes: list[str] = []
+        self.warnings: list[str] = []
+        """Findings that make the manifest doubtful (printed as WARNING lines)."""
 
     def problem(self, source: object, entry: str, kind: str, detail: str, action: str) -> None:
         """Record a problem (does not count a skipped image; see :meth:`skip`)."""
@@ -185,6 +187,7 @@ class Summary:
     with_depth: int = 0
     problems: int = 0
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def table(self, out: Path | None = None, problems_file: Path | None = None) -> str:
         """Human-readable summary."""
@@ -212,6 +215,7 @@ class Summary:
         if self.with_depth:
             lines.append(f"depth maps: {self.with_depth} of {self.images_written} image(s)")
         lines.extend(f"note: {note}" for note in self.notes)
+        lines.extend(f"WARNING: {warning}" for warning in self.warnings)
         if self.images_in_source and skipped * 2 > self.images_in_source:
             cause, count = self.skipped.most_common(1)[0]
             lines.append(
@@ -282,6 +286,27 @@ def check_out(out: str | Path | None) -> Path | None:
     return out
 
 
+LABEL_FORMATS = {
+    ".xml": "Pascal VOC XML (drivemtl convert voc)",
+    ".json": "COCO, BDD100K or Cityscapes JSON (drivemtl convert coco / bdd100k / cityscapes)",
+    ".txt": "YOLO or KITTI txt (drivemtl convert yolo / kitti)",
+}
+
+
+def other_formats_hint(folder: Path, expected: str) -> str:
+    """What label files a folder holds instead of ``expected`` ones, with the converter to use.
+
+    Returns an empty string when it holds none of another known kind.
+    """
+    counts = Counter(p.suffix.lower() for p in folder.rglob("*") if p.suffix.lower())
+    found = [
+        f"{counts[suffix]} {suffix} file(s): {name}?"
+        for suffix, name in LABEL_FORMATS.items()
+        if suffix != expected and counts[suffix]
+    ]
+    return f" It holds {'; '.join(found)}" if found else ""
+
+
 def require_dir(path: str | Path, what: str) -> Path:
     """A folder the conversion cannot do without (fatal when missing)."""
     path = Path(path)
@@ -300,15 +325,7 @@ def require_file(path: str | Path, what: str) -> Path:
 
 def load_json(path: Path, what: str) -> object:
     """Parse a JSON file that the whole conversion depends on (fatal when malformed)."""
-    try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DriveMTLError(
-            f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DriveMTLError(f"Cannot read {what} {path}: {e}") from None
+    return load_file(path, what)
 
 
 def find_image(folder: Path, stem: str) -> Path | None:
@@ -429,6 +446,7 @@ def build_manifest(
     summary.images_in_source = summary.images_written + sum(summary.skipped.values())
     summary.problems = len(report.problems)
     summary.notes = list(report.notes)
+    summary.warnings = list(report.warnings)
     if not entries:
         raise DriveMTLError(
             f"No image could be converted from the {source} source "

@@ -19,7 +19,6 @@ measurement), as are pixels with ``d = 0`` (infinitely far).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from drivemtl.converters.base import (
     require_dir,
 )
 from drivemtl.errors import DriveMTLError
+from drivemtl.jsonl import load_file
 
 POLYGONS_SUFFIX = "_gtFine_polygons.json"
 # Every label of the Cityscapes scripts (labels.py), so that absent ones still count as annotated.
@@ -110,10 +110,10 @@ def read_cityscapes(
         prefix = path.name[: -len(POLYGONS_SUFFIX)]
         image = root / "leftImg8bit" / split / city / f"{prefix}_leftImg8bit.png"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = load_file(path, "polygon file")
             if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
                 raise ValueError("no 'objects' list")
-        except (OSError, UnicodeDecodeError, ValueError) as e:
+        except (DriveMTLError, ValueError) as e:
             report.skip(path, "", "malformed file", str(e))
             continue
         record = SourceImage(image, str(path))
@@ -173,7 +173,7 @@ def _write_depth(
     for needed in (disparity, camera):
         if not needed.is_file():
             raise FileNotFoundError(str(needed))
-    cam = json.loads(camera.read_text(encoding="utf-8"))
+    cam = load_file(camera, "camera file")
     baseline = float(cam["extrinsic"]["baseline"])
     fx = float(cam["intrinsic"]["fx"])
     if not (math.isfinite(baseline) and math.isfinite(fx) and baseline > 0 and fx > 0):

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--strict", action="store_true", help="exit with status 2 if any entry had a problem"
     )
+    group.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out manifest"
+    )
 
     parser = argparse.ArgumentParser(
         prog="drivemtl convert",
@@ -153,6 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if options.min_box_size < 0:
             raise DriveMTLError(f"--min-box-size must be >= 0, got {options.min_box_size:g}")
+        if args.out.is_file() and not args.overwrite:
+            raise DriveMTLError(
+                f"--out {args.out} already exists: pass --overwrite to replace it, or choose "
+                "another file name."
+            )
         conversion = _convert(args, options)
     except DriveMTLError as e:
         print(f"drivemtl convert {args.format}: error: {e}", file=sys.stderr)

@@ -26,6 +26,7 @@ from drivemtl.converters.base import (
     check_out,
     find_image,
     list_images,
+    other_formats_hint,
     parse_box,
     require_dir,
 )
@@ -33,6 +34,21 @@ from drivemtl.errors import DriveMTLError
 
 KITTI_TYPES = {"Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc"}
 DONTCARE = "DontCare"
+
+
+KITTI_FIELDS = (15, 16)
+"""Fields of a label line: 15, or 16 with a detector's score (KITTI results files)."""
+
+
+def _shape_problem(fields: list[str]) -> str:
+    """Why a split line is not a KITTI object line ('' when it is one)."""
+    if len(fields) not in KITTI_FIELDS:
+        return f"{len(fields)} fields, a KITTI line has 15 (type, then 14 numbers)"
+    try:
+        [float(v) for v in fields[1:]]
+    except ValueError:
+        return f"non-numeric values after the type {fields[0]!r}"
+    return ""
 
 
 def read_kitti(
@@ -51,7 +67,9 @@ def read_kitti(
     depth_root = require_dir(depth, "Depth") if depth is not None else None
     files = sorted(label_root.glob("*.txt"))
     if not files:
-        raise DriveMTLError(f"No KITTI .txt label files in {label_root}")
+        raise DriveMTLError(
+            f"No KITTI .txt label files in {label_root}." + other_formats_hint(label_root, ".txt")
+        )
 
     records = []
     no_depth = 0
@@ -62,6 +80,11 @@ def read_kitti(
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             report.skip(path, "", "malformed file", str(e))
+            continue
+        shapes = [_shape_problem(line.split()) for line in lines if line.split()]
+        if shapes and all(shapes):
+            # Not one KITTI line (another format's labels?): the image's labels are unknowable.
+            report.skip(path, "line 1", "not a KITTI label file", shapes[0])
             continue
         for number, line in enumerate(lines, start=1):
             fields = line.split()
@@ -85,6 +108,14 @@ def read_kitti(
                 no_depth += 1  # depth is optional per frame (LiDAR may be missing)
         records.append(record)
 
+    if not records and report.skipped.get("not a KITTI label file") == len(files):
+        example = next(p for p in report.problems if p.kind == "not a KITTI label file")
+        raise DriveMTLError(
+            f"The files in {label_root} are not KITTI object labels ({example}): each line "
+            "is 'type truncated occluded alpha x1 y1 x2 y2 h w l x y z ry'."
+            + other_formats_hint(label_root, ".txt")
+            + " YOLO labels ('class cx cy w h') convert with drivemtl convert yolo."
+        )
     if no_depth:
         report.notes.append(f"{no_depth} image(s) have no depth PNG in {depth_root}")
     labelled = {p.stem for p in files}

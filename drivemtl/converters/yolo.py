@@ -22,6 +22,7 @@ from drivemtl.converters.base import (
     build_manifest,
     check_out,
     list_images,
+    other_formats_hint,
     parse_box,
     require_dir,
     require_file,
@@ -109,9 +110,23 @@ def read_yolo(
             continue
         record.size = size
         records.append(record)
+    if without_labels and not used_labels:
+        raise DriveMTLError(
+            f"No image in {image_root} has a YOLO label file in {label_root} (images/a/b.jpg "
+            "needs labels/a/b.txt): every image would be a false 0 for every class."
+            + other_formats_hint(label_root, ".txt")
+        )
     if without_labels:
         report.notes.append(
-            f"{without_labels} image(s) have no label file: no objects (YOLO convention)"
+            f"{without_labels} image(s) have no label file and were given 0 for every class "
+            "(the YOLO convention: no label file, no object)"
+        )
+    listed = without_labels + len(used_labels)
+    if without_labels * 2 > listed:
+        report.warnings.append(
+            f"{without_labels} of {listed} images have no label file in {label_root} "
+            "and were given 0 for every class. If their labels are elsewhere, fix --labels: "
+            "otherwise these 0s are false."
         )
 
     for label in sorted(label_root.rglob("*.txt")):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from drivemtl.data.datasets import (
 )
 from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS
 from drivemtl.data.labels import DEFAULT_CLASSES
-from drivemtl.data.manifest import Record, read_manifest
+from drivemtl.data.manifest import Record, read_manifest, unique_records
 from drivemtl.data.transforms import build_transform
 from drivemtl.errors import DriveMTLError
 
@@ -160,8 +161,10 @@ class DriveDataModule(L.LightningDataModule):
             target = root / split
             if (target / "manifest.jsonl").is_file():
                 continue
-            # Write beside and rename, so an interrupted run never leaves half a cache.
-            partial = root / f".{split}.partial"
+            # Write beside and rename, so an interrupted run never leaves half a cache; the
+            # folder is this process's own, so two runs generating at once do not collide.
+            _remove_abandoned(root, split)
+            partial = root / f".{split}.partial-{os.getpid()}"
             shutil.rmtree(partial, ignore_errors=True)
             dropout = s.dropout if split == "train" else {}
             config = SyntheticConfig(
@@ -177,7 +180,12 @@ class DriveDataModule(L.LightningDataModule):
                 progress=True,
                 workers=_usable_cores(),
             )
-            partial.rename(target)
+            try:
+                partial.rename(target)
+            except OSError:  # another run finished the same split first: use its copy
+                if not (target / "manifest.jsonl").is_file():
+                    raise
+                shutil.rmtree(partial, ignore_errors=True)
 
     def manifest_paths(self, split: str) -> list[Path]:
         """The manifest files of a split (synthetic ones when no manifest is configured)."""
@@ -188,11 +196,11 @@ class DriveDataModule(L.LightningDataModule):
     # -- datasets ------------------------------------------------------------------------------
 
     def records(self, split: str) -> list[Record]:
-        """Parsed entries of every manifest of a split."""
+        """Parsed entries of every manifest of a split, each image once (the first entry)."""
         records = []
         for path in self.manifest_paths(split):
             records.extend(read_manifest(path, self.classes))
-        return records
+        return unique_records(records)
 
     def setup(self, stage: str) -> None:
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
@@ -213,6 +221,8 @@ class DriveDataModule(L.LightningDataModule):
                 depth_scale=self.hparams.depth_scale,
                 depth_zoom_correction=self.hparams.depth_zoom_correction,
             )
+        if stage == "fit":
+            _warn_overlap(self.datasets["train"].records, self.datasets["val"].records)
         if stage == "predict":
             if not self.hparams.predict_dir:
                 raise DriveMTLError("No images to predict: give --data.predict_dir DIR.")
@@ -261,6 +271,31 @@ class DriveDataModule(L.LightningDataModule):
             collate_fn=collate_images,
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=seed_worker_transform if workers > 0 else None,
+        )
+
+
+def _remove_abandoned(root: Path, split: str) -> None:
+    """Delete partial folders of ``split`` left by runs that were killed while generating."""
+    for partial in root.glob(f".{split}.partial-*"):
+        try:
+            os.kill(int(partial.name.rsplit("-", 1)[1]), 0)  # signal 0: is it still running?
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass  # not a name of ours, or another user's live process
+
+
+def _warn_overlap(train: list[Record], val: list[Record]) -> None:
+    """Warn when validation images are also training images (scores would flatter)."""
+    seen = {os.path.normpath(os.path.abspath(r.image)) for r in train}
+    shared = [r for r in val if os.path.normpath(os.path.abspath(r.image)) in seen]
+    if shared:
+        warnings.warn(
+            f"{len(shared)} of {len(val)} validation images are also training images (first: "
+            f"{shared[0].source}, {shared[0].image}): validation scores, the best checkpoint "
+            "and the decision thresholds would flatter the model. Split the data without "
+            "overlap.",
+            stacklevel=2,
         )
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +15,73 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEPTH_PNG_SCALE = 256.0
 """KITTI convention: uint16 PNG value = metres x 256, 0 = no measurement."""
+
+MAX_PIXELS_ENV = "DRIVEMTL_MAX_IMAGE_PIXELS"
+"""Largest image (width x height) decoded; 0 = no limit. Default: Pillow's limit."""
+
+
+class ImageTooLarge(OSError):
+    """An image over the pixel limit: a decompression bomb, or a genuine huge image."""
+
+
+def max_image_pixels() -> int | None:
+    """The pixel limit: ``$DRIVEMTL_MAX_IMAGE_PIXELS`` (0: none), else Pillow's default.
+
+    Pillow refuses images over twice its limit while opening them, to stop decompression
+    bombs (a small file that decodes to gigabytes); drivemtl refuses anything over the limit
+    itself, with a message, and the variable raises (or removes) it for every subcommand and
+    loader worker alike.
+    """
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return Image.MAX_IMAGE_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"{MAX_PIXELS_ENV}={value!r} is not a whole number of pixels") from None
+    return limit if limit > 0 else None
+
+
+def _too_large(path: str | Path, pixels: int | str, limit: int | None) -> ImageTooLarge:
+    return ImageTooLarge(
+        f"{path}: {pixels} pixels is over the limit of {limit} (a guard against "
+        f"decompression bombs); if the image is genuine, raise it with {MAX_PIXELS_ENV}=N "
+        "(0: no limit)"
+    )
+
+
+@contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """Open an image file (header only) safely: never blocks, never decodes a bomb.
+
+    The file is opened non-blocking and must be a regular file, so a named pipe or a device
+    given as an image is refused instead of hanging the run; images over
+    :func:`max_image_pixels` are refused before any pixel is decoded.
+
+    Raises:
+        OSError: When the file is not a regular, readable image (:class:`ImageTooLarge` when
+            it is too large).
+    """
+    limit = max_image_pixels()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file (a pipe, device or socket)")
+        saved = Image.MAX_IMAGE_PIXELS
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                Image.MAX_IMAGE_PIXELS = limit  # Pillow's own check, at our limit
+                im = Image.open(f)
+        except Image.DecompressionBombError:
+            raise _too_large(path, "its", limit) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+        with im:
+            width, height = im.size
+            if limit is not None and width * height > limit:
+                raise _too_large(path, f"{width}x{height} = {width * height}", limit)
+            yield im
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -21,7 +93,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
     Raises:
         OSError: When the file is not a readable image.
     """
-    with Image.open(path) as im:
+    with open_image(path) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             array = np.asarray(im, dtype=np.float64)
@@ -42,7 +114,7 @@ def displayed_size(path: str | Path) -> tuple[int, int]:
     Raises:
         OSError: When the file is not a readable image.
     """
-    with Image.open(path) as im:
+    with open_image(path) as im:
         turned = im.getexif().get(EXIF_ORIENTATION) in EXIF_TRANSPOSED
         return im.size[::-1] if turned else im.size
 
@@ -77,7 +149,7 @@ def load_depth(path: str | Path, scale: float = DEPTH_PNG_SCALE) -> np.ndarray:
             )
         depth = depth.astype(np.float32)
         return np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
-    with Image.open(path) as im:
+    with open_image(path) as im:
         if im.mode not in _DEPTH_PNG_MODES:
             raise ValueError(
                 f"a depth image must be single-channel 16-bit (metres x {scale:g}, 0 = no "

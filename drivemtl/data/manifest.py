@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import stat
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from pathlib import Path
 from drivemtl.data.io import displayed_size
 from drivemtl.data.labels import NEGATIVE, POSITIVE, UNKNOWN, UNKNOWN_TOKEN
 from drivemtl.errors import DriveMTLError
+from drivemtl.jsonl import BadJSON, loads, read_lines
 
 JSONL_KEYS = {"image", "presence", "boxes", "depth", "ignore", "meta"}
 MAX_REPORTED_ERRORS = 20
@@ -89,13 +92,7 @@ def read_manifest(
     if not path.is_file():
         raise DriveMTLError(f"Manifest not found: {path}. Check the path given in the data config.")
     parse = _parse_csv if path.suffix.lower() == ".csv" else _parse_jsonl
-    try:
-        records, problems = parse(path, list(classes), check_files)
-    except UnicodeDecodeError as e:
-        raise DriveMTLError(
-            f"Manifest {path} is not UTF-8 text (byte {e.start}: {e.reason}). Save it as UTF-8 "
-            "(a spreadsheet's 'CSV UTF-8')."
-        ) from None
+    records, problems = parse(path, list(classes), check_files)
     if problems:
         raise ManifestError(path, problems)
     if not records:
@@ -126,9 +123,44 @@ def _resolve(base: Path, value: object, what: str, check: bool) -> Path:
     if not isinstance(value, str) or not value:
         raise _LineError(f"'{what}' must be a non-empty path string, got {value!r}")
     resolved = Path(value) if Path(value).is_absolute() else base / value
-    if check and not resolved.is_file():
-        raise _LineError(f"{what} file not found: {resolved}")
+    if check:
+        try:
+            mode = resolved.stat().st_mode
+        except FileNotFoundError:
+            raise _LineError(f"{what} file not found: {resolved}") from None
+        except OSError as e:  # a symlink loop, no permission
+            raise _LineError(f"cannot open {what} file {resolved}: {e.strerror or e}") from None
+        if stat.S_ISDIR(mode):
+            raise _LineError(f"{what} {resolved} is a folder, not a file")
+        if not stat.S_ISREG(mode):
+            raise _LineError(f"{what} {resolved} is not a regular file (a pipe or a device)")
     return resolved
+
+
+def unique_records(records: Sequence[Record]) -> list[Record]:
+    """The records with each image once: the first entry of an image is kept.
+
+    The same image listed twice (in one manifest or across the manifests of a split) would be
+    trained and scored twice; ``evaluate`` applies the same rule to the manifests it reads.
+    A warning names the first repeat and how many there are.
+    """
+    first: dict[str, Record] = {}
+    repeats: list[tuple[Record, Record]] = []
+    for record in records:
+        key = os.path.normpath(os.path.abspath(record.image))
+        if key in first:
+            repeats.append((record, first[key]))
+        else:
+            first[key] = record
+    if repeats:
+        again, kept = repeats[0]
+        warnings.warn(
+            f"{len(repeats)} manifest entr(ies) list an image already listed (first: "
+            f"{again.source} repeats {kept.source}, {kept.image}); each image is used once, "
+            "with its first entry. Remove the repeated lines to silence this.",
+            stacklevel=2,
+        )
+    return list(first.values())
 
 
 def _label(value: object, name: str) -> int:
@@ -149,51 +181,60 @@ def _class_index(name: object, classes: list[str]) -> int:
 
 def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record], list]:
     records, problems = [], []
-    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
-        reader = csv.reader(f)
+    # read_lines: UTF-8 checked line by line, Excel's byte-order mark dropped.
+    reader = csv.reader(text for _, text in read_lines(path))
+    try:
         header = [h.strip() for h in next(reader, [])]
-        if not header or header[0] != "image":
-            return [], [(1, f"header must start with 'image', got {header}")]
-        repeated = sorted({h for h in header if header.count(h) > 1})
-        if repeated:
-            return [], [(1, f"column(s) {repeated} appear more than once in the header")]
-        unknown = [h for h in header[1:] if h not in classes]
-        if unknown:
-            return [], [(1, f"unknown class column(s) {unknown}; configured classes are {classes}")]
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            try:
-                if len(row) != len(header):
-                    raise _LineError(f"{len(row)} cells, but the header has {len(header)}")
-                image = _resolve(path.parent, row[0].strip(), "image", check)
-                given = {name: _label(cell, name) for name, cell in zip(header[1:], row[1:])}
-                presence = tuple(given.get(name, UNKNOWN) for name in classes)
-                records.append(Record(image, presence, source=f"{path}:{line}"))
-            except _LineError as e:
-                problems.append((line, str(e)))
+    except csv.Error as e:
+        return [], [(1, f"unreadable CSV header ({e})")]
+    if not header or header[0] != "image":
+        return [], [(1, f"header must start with 'image', got {header}")]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        return [], [(1, f"column(s) {repeated} appear more than once in the header")]
+    unknown = [h for h in header[1:] if h not in classes]
+    if unknown:
+        return [], [(1, f"unknown class column(s) {unknown}; configured classes are {classes}")]
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:  # a NUL byte, an unterminated quote at the end of the file
+            problems.append((reader.line_num, f"unreadable CSV row ({e})"))
+            continue
+        line = reader.line_num
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        try:
+            if len(row) != len(header):
+                raise _LineError(f"{len(row)} cells, but the header has {len(header)}")
+            image = _resolve(path.parent, row[0].strip(), "image", check)
+            given = {name: _label(cell, name) for name, cell in zip(header[1:], row[1:])}
+            presence = tuple(given.get(name, UNKNOWN) for name in classes)
+            records.append(Record(image, presence, source=f"{path}:{line}"))
+        except _LineError as e:
+            problems.append((line, str(e)))
     return records, problems
 
 
 def _parse_jsonl(path: Path, classes: list[str], check: bool) -> tuple[list[Record], list]:
     records, problems = [], []
-    with path.open(encoding="utf-8-sig") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                records.append(_parse_entry(text, path, line, classes, check))
-            except _LineError as e:
-                problems.append((line, str(e)))
+    for line, text in read_lines(path):
+        if not text.strip():
+            continue
+        try:
+            records.append(_parse_entry(text, path, line, classes, check))
+        except _LineError as e:
+            problems.append((line, str(e)))
     return records, problems
 
 
 def _parse_entry(text: str, path: Path, line: int, classes: list[str], check: bool) -> Record:
     try:
-        entry = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _LineError(f"malformed JSON ({e.msg} at column {e.colno})") from None
+        entry = loads(text)
+    except BadJSON as e:
+        raise _LineError(str(e)) from None
     if not isinstance(entry, dict):
         raise _LineError("each line must be a JSON object")
     extra = set(entry) - JSONL_KEYS

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from drivemtl.evaluation.metrics import decision_threshold, presence_metrics, st
 from drivemtl.evaluation.plots import plot_ap_f1, plot_pr_curve, safe_name
 from drivemtl.evaluation.predictions import Predictions, read_predictions
 from drivemtl.evaluation.report import write_report
+from drivemtl.jsonl import BadJSON, loads, read_lines
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH
 from drivemtl.prediction.files import write_json
 from drivemtl.reporting import write_metrics
@@ -51,23 +51,25 @@ def manifest_classes(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DriveMTLError(f"Manifest not found: {path}")
     names: dict[str, None] = {}
+    lines = (text for _, text in read_lines(path))
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
+        try:
+            header = next(csv.reader(lines), [])
+        except csv.Error:
+            header = []  # read_manifest reports it
         return [h.strip() for h in header[1:] if h.strip()]
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(obj, dict):
-                continue
-            if isinstance(obj.get("presence"), dict):
-                names.update(dict.fromkeys(str(k) for k in obj["presence"]))
-            for box in obj.get("boxes") or []:
-                if isinstance(box, list) and len(box) >= 5 and isinstance(box[4], str):
-                    names[box[4]] = None
+    for line in lines:
+        try:
+            obj = loads(line)
+        except BadJSON:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        if isinstance(obj.get("presence"), dict):
+            names.update(dict.fromkeys(str(k) for k in obj["presence"]))
+        for box in obj.get("boxes") or []:
+            if isinstance(box, list) and len(box) >= 5 and isinstance(box[4], str):
+                names[box[4]] = None
     return list(names)
 
 

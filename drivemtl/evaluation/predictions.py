@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 from torch import Tensor
 
 from drivemtl.errors import DriveMTLError
+from drivemtl.jsonl import load_file
 from drivemtl.prediction.files import ERRORS, RUN_INFO, iter_jsonl
 
 MAX_REPORTED = 20
@@ -142,9 +142,11 @@ def _presence_row(
 
 
 def _read_run_info(path: Path) -> dict:
+    if not path.is_file():
+        return {}
     try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
+        info = load_file(path, "run record")
+    except DriveMTLError:
         return {}
     return info if isinstance(info, dict) else {}
 

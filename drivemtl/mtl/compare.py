@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from drivemtl.errors import DriveMTLError
+from drivemtl.jsonl import load_file
 
 EXIT_BAD_INPUT = 2
 LOWER_IS_BETTER = frozenset({"abs_rel", "sq_rel", "rmse", "rmse_log", "silog", "loss"})
@@ -90,12 +91,7 @@ def default_metrics(report: Mapping, path: str) -> list[str]:
 def load_metrics(path: str | Path) -> dict:
     """Read a ``metrics.json``; a clear error for a missing or malformed file."""
     path = Path(path)
-    if not path.is_file():
-        raise DriveMTLError(f"metrics file not found: {path}")
-    try:
-        report = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DriveMTLError(f"{path} is not a JSON metrics file: {e}") from None
+    report = load_file(path, "metrics file")
     if not isinstance(report, dict) or not report:
         raise DriveMTLError(f"{path} holds no task sections (expected a metrics.json)")
     bad = [k for k, v in report.items() if not isinstance(v, dict)]

@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from drivemtl.errors import DriveMTLError
+from drivemtl.jsonl import iter_objects as iter_jsonl
 
 PREDICTIONS = "predictions.jsonl"
 ERRORS = "errors.jsonl"
@@ -51,35 +52,6 @@ class LineAppender:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def iter_jsonl(path: str | Path, problems: list[str] | None = None) -> Iterator[tuple[int, dict]]:
-    """``(line number, object)`` for every non-empty line of a JSONL file, streamed.
-
-    Args:
-        path: The file.
-        problems: When given, a bad line is appended here (``"  path:line: what"``) and
-            skipped, so that a caller can report every bad line at once.
-
-    Raises:
-        DriveMTLError: For a line that is not a JSON object (without ``problems``), naming
-            the file and line.
-    """
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                problem = None if isinstance(obj, dict) else "expected a JSON object per line"
-            except json.JSONDecodeError as e:
-                problem = f"not valid JSON ({e.msg})"
-            if problem is None:
-                yield number, obj
-            elif problems is None:
-                raise DriveMTLError(f"{path}:{number}: {problem}.")
-            else:
-                problems.append(f"  {path}:{number}: {problem}")
 
 
 def repair_tail(path: str | Path) -> bool:

@@ -119,6 +119,9 @@ def check_predict_config(section: Any) -> None:
             f"its classes are {list(section.data.classes)}."
         )
 
+    output_dir = section.get("output_dir")
+    if output_dir and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise DriveMTLError(f"--output_dir {output_dir} is a file; give a folder for the outputs.")
     side = section.get("overlay_max_side")
     if side is not None and side < MIN_OVERLAY_SIDE:
         raise DriveMTLError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -19,6 +18,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from drivemtl.data.io import save_depth_png
 from drivemtl.errors import DriveMTLError
+from drivemtl.jsonl import load_file
 from drivemtl.prediction.depth_preview import write_depth_preview
 from drivemtl.prediction.files import (
     CSV_FILE,
@@ -311,20 +311,34 @@ class PredictionWriter(BasePredictionWriter):
                 "to start again (or choose another --output_dir)."
             )
 
-    def _own_outputs_inside_input(self) -> str | None:
-        """The output folder as a path prefix, when it lies inside the image folder."""
-        out = os.path.abspath(self.output_dir)
-        root = os.path.abspath(self.predict_dir)
-        return out + os.sep if out.startswith(root + os.sep) else None
+    def _own_outputs_inside_input(self) -> tuple[str, ...]:
+        """Path prefixes of this run's outputs that lie inside the image folder.
+
+        The whole output folder when it is inside the image folder; its picture folders
+        (overlays, depth maps, previews) when it is the image folder itself. Images there are
+        this tool's outputs, never inputs (a resumed run would predict its own overlays).
+        """
+        out, root = os.path.realpath(self.output_dir), os.path.realpath(self.predict_dir)
+        if out != root and not out.startswith(root + os.sep):
+            return ()
+        # Prefixes in the image paths' own form (the folder as given, made absolute).
+        inside = os.path.normpath(
+            os.path.join(os.path.abspath(self.predict_dir), os.path.relpath(out, root))
+        )
+        if out != root:
+            return (os.path.join(inside, ""),)
+        return tuple(os.path.join(inside, d, "") for d in (OVERLAYS, DEPTH, DEPTH_PREVIEW))
 
     def _check_resume_matches(self) -> None:
         info_path = self.output_dir / RUN_INFO
         if not (self.resume and info_path.is_file() and self.predictions_path.is_file()):
             return
         try:
-            previous = json.loads(info_path.read_text())
-        except (OSError, ValueError):
+            previous = load_file(info_path, "run record")
+        except DriveMTLError:
             return  # an unreadable record cannot veto; the lines themselves are intact
+        if not isinstance(previous, dict):
+            return
         for key in _RESUME_KEYS:
             if key in previous and previous[key] != self.info[key]:
                 raise DriveMTLError(

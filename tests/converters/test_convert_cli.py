@@ -66,11 +66,17 @@ def test_cli_writes_manifest_summary_and_problems(coco, tmp_path, capsys):
                                       "traffic_light": "?"}  # fmt: skip
     assert len(read_manifest(out, DEFAULT_CLASSES)) == 2
 
+    # An existing manifest is not replaced without --overwrite, and stays as it was.
+    before = out.read_bytes()
+    assert main(args(coco, out)) == 2
+    assert "already exists: pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
     # A clean run removes the stale problem list of an earlier run.
     data = json.loads(coco[0].read_text())
     data["annotations"].pop()
     coco[0].write_text(json.dumps(data))
-    assert main(args(coco, out)) == 0
+    assert main([*args(coco, out), "--overwrite"]) == 0
     assert not (tmp_path / "runs" / "m.problems.txt").exists()
 
 
