@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -24,6 +24,7 @@ from drivemtl.data.datamodule import DriveDataModule
 from drivemtl.errors import DriveMTLError
 from drivemtl.module import MultiTaskModule
 from drivemtl.prediction import (
+    LIGHTNING_CKPT_NAMES,
     PredictionWriter,
     add_predict_arguments,
     align_data_with_checkpoint,
@@ -77,6 +78,14 @@ def with_safe_checkpoint_io(plugins) -> list:
     return [*plugins, SafeCheckpointIO()]
 
 
+class DriveArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser with a one-line usage on errors (not every option it has)."""
+
+    def print_usage(self, file=None) -> None:
+        prog = self.prog.replace(" [options]", "")
+        print(f"usage: {prog} [options]", file=file or sys.stderr)
+
+
 class DriveCLI(LightningCLI):
     """LightningCLI with the class list linked once, one folder per run, and a closing report."""
 
@@ -107,6 +116,13 @@ class DriveCLI(LightningCLI):
             return
         section = self.config[subcommand]
         defaults = self._subcommand_parsers[subcommand].get_defaults()
+        ckpt_path = section.get("ckpt_path")
+        if subcommand in ("validate", "test") and str(ckpt_path) in LIGHTNING_CKPT_NAMES:
+            # "best" / "last" name a checkpoint of the current fit; these commands run none.
+            raise DriveMTLError(
+                f"{subcommand} --ckpt_path {ckpt_path}: give --ckpt_path the checkpoint file, "
+                "e.g. RUN/checkpoints/best.ckpt."
+            )
         align_data_with_checkpoint(section, defaults)
         warn_model_options_ignored(subcommand, section, sys.argv[1:] if args is None else args)
         if subcommand == "predict":
@@ -223,6 +239,8 @@ def run_lightning(args: list[str] | None) -> None:
     DriveCLI(
         MultiTaskModule,
         DriveDataModule,
+        parser_class=DriveArgumentParser,
+        parser_kwargs={"prog": "drivemtl"},  # not "__main__.py" under python -m drivemtl
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
@@ -262,6 +280,59 @@ subcommands (drivemtl <subcommand> --help for its options):
 """
 
 
+def config_paths(argv: list[str]) -> list[str]:
+    """The values of every ``--config`` option in a command line."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Refuse a ``--config`` that is not a readable YAML mapping, naming file and line.
+
+    jsonargparse would report some of these without the file's name ("Unexpected config"),
+    others with a traceback (a binary file).
+
+    Raises:
+        DriveMTLError: For a missing, unreadable, non-UTF-8 or malformed config file, or one
+            whose top level is not a mapping of options.
+    """
+    import yaml
+
+    for value in config_paths(argv):
+        path = Path(value)
+        if not path.exists():
+            if value.endswith((".yaml", ".yml", ".json")) or os.sep in value:
+                raise DriveMTLError(f"Config file not found: {value}")
+            continue  # jsonargparse also takes the YAML text itself
+        if path.is_dir():
+            raise DriveMTLError(f"--config {value} is a folder; give a YAML file.")
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DriveMTLError(
+                f"Config file {value} is not UTF-8 text (byte {e.start}: {e.reason})."
+            ) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise DriveMTLError(
+                f"Config file {value}{where}: not valid YAML ({problem})."
+            ) from None
+        if data is not None and not isinstance(data, dict):
+            raise DriveMTLError(
+                f"Config file {value} holds a {type(data).__name__}, not a mapping of options "
+                "(e.g. 'model: {backbone: resnet18}'; see configs/demo.yaml)."
+            )
+
+
 DEBUG_ENV = "DRIVEMTL_DEBUG"
 """Set to 1 (or pass ``--debug``) to see the traceback behind an error message."""
 
@@ -285,7 +356,8 @@ def main(args: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        if isinstance(e, DriveMTLError):
+        # Ours; a bad trainer setting (Lightning's); an option whose package is not installed.
+        if isinstance(e, (DriveMTLError, ImportError)) or _is_misconfiguration(e):
             print(f"drivemtl: error: {user_message(e)}", file=sys.stderr)
             return 2
         if isinstance(e, OSError):  # a file the user named: missing, unreadable, disk full
@@ -304,6 +376,12 @@ def main(args: list[str] | None = None) -> int:
             raise
         print("drivemtl: interrupted", file=sys.stderr)
         return 130
+
+
+def _is_misconfiguration(error: Exception) -> bool:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    return isinstance(error, MisconfigurationException)
 
 
 def _dispatch(argv: list[str], lightning_args: list[str] | None) -> int:
@@ -328,6 +406,7 @@ def _dispatch(argv: list[str], lightning_args: list[str] | None) -> int:
             from drivemtl.mtl.compare import main as compare
 
             return compare(argv[1:])
+        check_config_files(argv[1:])
         # None lets LightningCLI read sys.argv itself (and not warn about being given both).
         run_lightning(lightning_args)
     finally:

@@ -70,6 +70,10 @@ class MultiTaskModule(L.LightningModule):
         warmup_steps: Warm-up length of the default scheduler.
         channels_last: Run convolutions in channels-last layout: with bf16 or fp16 mixed
             precision this is what lets oneDNN (CPU, AMX) and cuDNN (tensor cores) run fast.
+        nonfinite_loss: What a training step whose loss is NaN or infinite does: ``stop`` the
+            run with a message naming the step, the task and the batch's images, or ``skip``
+            the step (no update; counted in ``train/skipped_steps``). Under DDP every process
+            skips a step that any of them could not use.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class MultiTaskModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 50,
         channels_last: bool = True,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -146,6 +151,7 @@ class MultiTaskModule(L.LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.reports: dict[str, dict] = {}
+        self._skipped_steps = 0
         """The last report of each stage ("val", "test"): the sections of ``metrics.json``."""
 
     @classmethod
@@ -207,8 +213,10 @@ class MultiTaskModule(L.LightningModule):
         ids = {id(p) for p in shared}
         return shared, [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         losses = term_losses(self.terms, self.tasks, self(batch.images), batch)
+        if not self._losses_finite(losses, batch, batch_idx):
+            return None  # Lightning skips backward and the optimiser step
         gradnorm = self.objective.balancer.needs_gradient_norms
         total, weights = self.objective(
             losses,
@@ -225,6 +233,30 @@ class MultiTaskModule(L.LightningModule):
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=len(batch))
         self.log_dict({f"train/{k}": v for k, v in (logs | weights).items()}, batch_size=len(batch))
         return total
+
+    def _losses_finite(self, losses: dict, batch: Batch, batch_idx: int) -> bool:
+        """Whether every task loss is finite; stops the run (or counts a skip) otherwise."""
+        values = torch.stack([loss.detach().float() for loss, _ in losses.values()])
+        finite = bool(torch.isfinite(values).all())
+        if self.trainer.world_size > 1:  # all processes skip, or none: the updates stay equal
+            finite = not self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
+        if finite:
+            return True
+        if self.hparams.nonfinite_loss == "skip":
+            self._skipped_steps += 1
+            self.log("train/skipped_steps", float(self._skipped_steps), batch_size=len(batch))
+            return False
+        bad = ", ".join(
+            f"{name} = {loss.item()}" for name, (loss, _) in losses.items() if not loss.isfinite()
+        )
+        images = ", ".join(batch.paths[:3]) + (" ..." if len(batch.paths) > 3 else "")
+        raise DriveMTLError(
+            f"Training stopped: the loss is not finite at step {self.trainer.global_step} "
+            f"(epoch {self.current_epoch}, batch {batch_idx}): {bad or 'on another process'}. "
+            f"Images of this batch: {images}. Lower the learning rate, check these images' "
+            "labels, or pass --model.nonfinite_loss skip to skip such steps. "
+            "checkpoints/last.ckpt, if an epoch finished, holds the last one."
+        )
 
     def backward(self, loss: Tensor, *args, **kwargs) -> None:
         """Lightning's backward hook: a plain backward, or (gradient methods, diagnostic steps)
@@ -268,6 +300,11 @@ class MultiTaskModule(L.LightningModule):
         rank_zero_info(f"Task affinity: {json_path} (suggested networks: {groups})")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The global random state (dropout) at the end of the epoch, so that a resumed run
+        # continues as the interrupted one would have (the data's state: the DataModule's).
+        checkpoint["random_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["random_state"]["cuda"] = torch.cuda.get_rng_state_all()
         if self.objective.affinity is not None:
             checkpoint["task_affinity"] = self.objective.affinity.state_dict()
 
@@ -276,6 +313,12 @@ class MultiTaskModule(L.LightningModule):
         source = getattr(self._trainer, "ckpt_path", None) or checkpoint.get("_source")
         what = f"checkpoint {source}" if source else "the checkpoint"
         check_state_fits(checkpoint.get("state_dict") or {}, self.state_dict(), what)
+        random_state = checkpoint.get("random_state") or {}
+        if self._trainer is not None and "torch" in random_state:  # a Trainer restores it
+            torch.set_rng_state(random_state["torch"])
+            cuda = random_state.get("cuda") or []
+            if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
         if self.objective.affinity is not None and "task_affinity" in checkpoint:
             self.objective.affinity.load_state_dict(checkpoint["task_affinity"])
 

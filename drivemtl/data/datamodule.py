@@ -137,6 +137,8 @@ class DriveDataModule(L.LightningDataModule):
         self.synthetic = synthetic or SyntheticSplits()
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.datasets: dict[str, Dataset] = {}
+        self.shuffle_generator: torch.Generator | None = None
+        """Draws the training order (and loader seeds): its state travels in checkpoints."""
 
     # -- synthetic set -------------------------------------------------------------------------
 
@@ -222,6 +224,8 @@ class DriveDataModule(L.LightningDataModule):
                 depth_zoom_correction=self.hparams.depth_zoom_correction,
             )
         if stage == "fit":
+            if self.shuffle_generator is None:  # seeded by seed_everything, via torch's seed
+                self.shuffle_generator = torch.Generator().manual_seed(torch.initial_seed())
             _warn_overlap(self.datasets["train"].records, self.datasets["val"].records)
         if stage == "predict":
             if not self.hparams.predict_dir:
@@ -243,6 +247,9 @@ class DriveDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
+            # Evaluation loaders draw their worker seed from a generator of their own, so that
+            # validating never moves the global random state that training (dropout) uses.
+            generator=self.shuffle_generator if shuffle else torch.Generator().manual_seed(0),
             # BatchNorm cannot train on a last batch of one image.
             drop_last=shuffle and len(dataset) > self.hparams.batch_size,
             num_workers=workers,
@@ -251,6 +258,36 @@ class DriveDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             worker_init_fn=seed_worker_transform if workers > 0 else None,
         )
+
+    # -- resuming ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The random state of training data: shuffling and augmentation (in checkpoints).
+
+        Restored on resume, a seeded run killed after an epoch continues exactly as if it had
+        not stopped (with ``num_workers: 0``; workers draw their augmentation from their own
+        seeds, so with workers the resumed epochs are augmented differently, not worse).
+        """
+        state = {}
+        if self.shuffle_generator is not None:
+            state["shuffle_generator"] = self.shuffle_generator.get_state()
+        transform = getattr(self.datasets.get("train"), "transform", None)
+        if transform is not None:
+            state["augment_numpy"] = transform.random_generator.bit_generator.state
+            state["augment_python"] = transform.py_random.getstate()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (Lightning calls it after ``setup``, on resume)."""
+        if "shuffle_generator" in state:
+            if self.shuffle_generator is None:
+                self.shuffle_generator = torch.Generator()
+            self.shuffle_generator.set_state(state["shuffle_generator"])
+        transform = getattr(self.datasets.get("train"), "transform", None)
+        if transform is not None and "augment_numpy" in state:
+            # In place: the pipeline's steps share these generator objects.
+            transform.random_generator.bit_generator.state = state["augment_numpy"]
+            transform.py_random.setstate(_as_tuples(state["augment_python"]))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -297,6 +334,11 @@ def _warn_overlap(train: list[Record], val: list[Record]) -> None:
             "overlap.",
             stacklevel=2,
         )
+
+
+def _as_tuples(value):
+    """``random.getstate()`` as it was: a checkpoint may give its tuples back as lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _usable_cores() -> int:

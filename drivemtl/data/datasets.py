@@ -17,7 +17,7 @@ from drivemtl.data.batch import Batch, Sample, collate
 from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS, load_depth, load_rgb
 from drivemtl.data.labels import POSITIVE, UNKNOWN
 from drivemtl.data.manifest import Record
-from drivemtl.data.transforms import crop_zoom
+from drivemtl.data.transforms import crop_zoom, seed_transform
 from drivemtl.errors import DriveMTLError
 
 
@@ -64,7 +64,7 @@ class ManifestDataset(Dataset):
         record = self.records[index]
         try:
             image = load_rgb(record.image)
-        except OSError as e:
+        except Exception as e:  # any decoder failure (OSError, a bad EXIF block, ...)
             raise DriveMTLError(f"{record.source}: cannot read {record.image}: {e}") from None
         depth = None
         if self.load_depth and record.depth:
@@ -161,7 +161,7 @@ def collate_images(samples: list[ImageSample]) -> ImageBatch:
 def _read_error(path: str, error: Exception) -> str:
     """A short reason for ``errors.jsonl``; an empty file says so rather than 'cannot identify'."""
     try:
-        if os.path.getsize(path) == 0:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
     except OSError:
         pass
@@ -228,4 +228,4 @@ def seed_worker_transform(worker_id: int) -> None:
     info = get_worker_info()
     transform = getattr(info.dataset, "transform", None)
     if transform is not None:
-        transform.set_random_seed(torch.initial_seed() % 2**32)
+        seed_transform(transform, torch.initial_seed())

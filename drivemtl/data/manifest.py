@@ -89,6 +89,8 @@ def read_manifest(
         DriveMTLError: When the manifest itself is missing or empty.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DriveMTLError(f"Manifest {path} is a folder; give the .jsonl or .csv file.")
     if not path.is_file():
         raise DriveMTLError(f"Manifest not found: {path}. Check the path given in the data config.")
     parse = _parse_csv if path.suffix.lower() == ".csv" else _parse_jsonl
@@ -291,7 +293,7 @@ def _parse_boxes(value: object, classes: list[str], image: Path | None) -> tuple
     if image is not None and value:
         try:
             size = displayed_size(image)  # boxes are in the pixels training loads
-        except OSError as e:
+        except Exception as e:  # OSError, a bad EXIF block: not a usable image
             raise _LineError(f"cannot read image {image}: {e}") from None
     boxes = []
     for i, box in enumerate(value):

@@ -55,10 +55,23 @@ def build_transform(image_size: tuple[int, int], train: bool) -> A.Compose:
                 mask_interpolation=cv2.INTER_NEAREST,
             )
         ]
+    pipeline = A.Compose(steps, bbox_params=BOX_PARAMS)
     # Albumentations keeps its own generator; without a seed it draws one from the OS, and a
     # seeded run (seed_everything) would still augment differently in the main process.
     # Loader workers reseed it per worker (seed_worker_transform).
-    return A.Compose(steps, bbox_params=BOX_PARAMS, seed=torch.initial_seed() % 2**32)
+    seed_transform(pipeline, torch.initial_seed())
+    return pipeline
+
+
+def seed_transform(pipeline: A.Compose, seed: int) -> None:
+    """Seed a pipeline with one random stream that all its steps draw from.
+
+    Albumentations' own seeding gives every step a generator of its own with the same seed
+    (so the steps' draws are correlated); one shared pair of generators is also one random
+    state to save in a checkpoint and restore on resume (see ``DriveDataModule.state_dict``).
+    """
+    pipeline.set_random_seed(seed % 2**32)
+    pipeline.set_random_state(pipeline.random_generator, pipeline.py_random)
 
 
 def crop_zoom(applied: Sequence[tuple[str, dict]], original_size: tuple[int, int]) -> float:

@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from drivemtl.checkpoints import load_checkpoint
 from drivemtl.errors import DriveMTLError
 
 SUPPORTED_FAMILIES = (
@@ -73,7 +74,7 @@ def _load_weights(name: str, weights: str | None) -> nn.Module:
         return torchvision.models.get_model(name, weights=None)
     if Path(weights).is_file():
         model = torchvision.models.get_model(name, weights=None)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = load_checkpoint(weights, "model.weights file")
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         # Classifier layers do not matter for a backbone; everything else must match.
         missing, unexpected = model.load_state_dict(state, strict=False)

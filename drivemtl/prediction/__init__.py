@@ -4,7 +4,11 @@ The pieces: :class:`PredictionWriter` (a Lightning prediction writer that stream
 the threshold override, the checkpoint-to-data alignment the CLI applies, and overlays.
 """
 
-from drivemtl.prediction.checkpoint import align_data_with_checkpoint, read_checkpoint_hparams
+from drivemtl.prediction.checkpoint import (
+    LIGHTNING_CKPT_NAMES,
+    align_data_with_checkpoint,
+    read_checkpoint_hparams,
+)
 from drivemtl.prediction.files import (
     ERRORS,
     PREDICTIONS,
@@ -20,6 +24,7 @@ from drivemtl.prediction.writer import PredictionWriter, PredictStats
 
 __all__ = [
     "ERRORS",
+    "LIGHTNING_CKPT_NAMES",
     "PREDICTIONS",
     "RUN_INFO",
     "PredictStats",
