@@ -3,12 +3,14 @@
 1. Manifest reading (``read_manifest``, the parser training uses) at ``--lines`` sizes (default
    10k, 100k, 1M JSONL lines with presence and two boxes; CSV at the same sizes), without image
    checks, and at 10k lines with them (every image's header is opened). Time, lines/s and the
-   peak memory of a fresh process over its start (``ru_maxrss``), per line too.
+   peak memory of a fresh process over its start (``ru_maxrss``), per line too. Rates are per
+   CPU second (one core), so that a shared machine slows the wall clock, not the figures.
 2. ``evaluate`` on ``--predictions`` presence predictions (default 100k) against a manifest of
    the same images: time and peak memory.
 3. The training loader against the JPEG decode floor, on ``--frames`` 640x384 JPEG frames, one
    core: Pillow decoding alone (the floor), then ``ManifestDataset`` with the eval transform
-   (resize) and with training augmentation, through a ``DataLoader`` with no worker; images/s
+   (resize; JPEGs decoded at a reduced scale where the input allows) and with training
+   augmentation, through a ``DataLoader`` with no worker; images/s
    and the ratio to the floor.
 
 Every measurement runs in a process of its own, so peak memory is that measurement's.
@@ -62,19 +64,27 @@ def measure_manifest(path: str, check: bool) -> dict:
     from drivemtl.data.manifest import read_manifest
 
     before = _rss_mib()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     records = read_manifest(path, CLASSES, check_files=check)
-    seconds = time.perf_counter() - start
-    return {"lines": len(records), "seconds": seconds, "peak_mib": _rss_mib() - before}
+    return {
+        "lines": len(records),
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+        "peak_mib": _rss_mib() - before,
+    }
 
 
 def measure_evaluate(predictions: str, manifest: str, out: str) -> dict:
     from drivemtl.evaluation import evaluate
 
     before = _rss_mib()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     evaluate(predictions, manifest, out)
-    return {"seconds": time.perf_counter() - start, "peak_mib": _rss_mib() - before}
+    return {
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+        "peak_mib": _rss_mib() - before,
+    }
 
 
 def measure_loader(manifest: str, mode: str) -> dict:
@@ -85,27 +95,29 @@ def measure_loader(manifest: str, mode: str) -> dict:
     from drivemtl.data.batch import collate
     from drivemtl.data.datasets import ManifestDataset
     from drivemtl.data.manifest import read_manifest
-    from drivemtl.data.transforms import build_transform
+    from drivemtl.data.transforms import build_transform, decode_size
 
     torch.set_num_threads(1)
     import cv2
 
     cv2.setNumThreads(0)  # one core: no OpenCV thread pool either
     records = read_manifest(manifest, CLASSES)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: images per second of one core, even when shared
     if mode == "decode":
         for r in records:
             with Image.open(r.image) as im:
                 im.convert("RGB").load()
     else:
-        transform = build_transform((192, 320), train=mode == "augment")
-        loader = DataLoader(
-            ManifestDataset(records, transform), batch_size=32, num_workers=0, collate_fn=collate
+        train = mode == "augment"
+        size = (192, 320)
+        dataset = ManifestDataset(
+            records, build_transform(size, train), decode_at_least=decode_size(size, train)
         )
+        loader = DataLoader(dataset, batch_size=32, num_workers=0, collate_fn=collate)
         for _ in loader:
             pass
-    seconds = time.perf_counter() - start
-    return {"images": len(records), "seconds": seconds, "per_second": len(records) / seconds}
+    seconds = time.process_time() - start
+    return {"images": len(records), "cpu_seconds": seconds, "per_second": len(records) / seconds}
 
 
 def run_child(*args: str) -> dict:
@@ -157,8 +169,8 @@ def main() -> None:
         image = str((frames.parent / first).resolve())
 
         print("\n1. Manifest reading (read_manifest, as training does)")
-        print(f"{'format':<8}{'lines':>10}{'checks':>8}{'seconds':>10}{'lines/s':>11}"
-              f"{'peak MiB':>10}{'bytes/line':>12}")  # fmt: skip
+        print(f"{'format':<8}{'lines':>10}{'checks':>8}{'seconds':>10}{'CPU s':>8}"
+              f"{'lines/CPU s':>13}{'peak MiB':>10}{'bytes/line':>12}")  # fmt: skip
         rows = [("jsonl", n, False) for n in args.lines] + [("csv", n, False) for n in args.lines]
         rows.append(("jsonl", args.checked_lines, True))
         for fmt, n, check in rows:
@@ -177,7 +189,7 @@ def main() -> None:
                 write_csv(path, n)
             r = run_child("manifest", str(path), "check" if check else "none")
             print(f"{fmt:<8}{n:>10}{'yes' if check else 'no':>8}{r['seconds']:>10.2f}"
-                  f"{n / r['seconds']:>11,.0f}{r['peak_mib']:>10.0f}"
+                  f"{r['cpu_seconds']:>8.2f}{n / r['cpu_seconds']:>13,.0f}{r['peak_mib']:>10.0f}"
                   f"{r['peak_mib'] * 2**20 / n:>12,.0f}")  # fmt: skip
             path.unlink()
 
@@ -193,7 +205,8 @@ def main() -> None:
                 p.write(json.dumps({"image": f"img/{i:07d}.jpg", "presence": probs,
                                     "present": present}) + "\n")  # fmt: skip
         r = run_child("evaluate", str(predictions), str(manifest), str(tmp / "eval"))
-        print(f"{r['seconds']:.1f} s ({args.predictions / r['seconds']:,.0f} predictions/s), "
+        print(f"{r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU "
+              f"({args.predictions / r['cpu_seconds']:,.0f} predictions per CPU second), "
               f"peak {r['peak_mib']:.0f} MiB")  # fmt: skip
 
         print(f"\n3. Loader against the decode floor, {args.frames} JPEG 640x384, one core")

@@ -18,7 +18,7 @@ def test_csv_values_unknowns_and_relative_paths(tmp_path):
     )
     records = read_manifest(tmp_path / "m.csv", CLASSES)
     assert [r.presence for r in records] == [(1, 0, -1, 1), (0, 1, 1, -1)]
-    assert records[0].image == tmp_path / "img" / "a.jpg"
+    assert records[0].image == str(tmp_path / "img" / "a.jpg")
     assert records[0].boxes is None
 
 
@@ -55,7 +55,7 @@ def test_jsonl_presence_derived_from_boxes_explicit_wins(tmp_path):
         ({"image": "missing.jpg"}, "image file not found"),
         ({"image": "a.jpg", "boxes": [[10, 10, 120, 20, "car"]]}, "outside the 100x80 image"),
         ({"image": "a.jpg", "boxes": [[30, 10, 20, 20, "car"]]}, "empty or inverted"),
-        ({"image": "a.jpg", "boxes": [[float("nan"), 1, 9, 9, "car"]]}, "non-finite coordinates"),
+        ({"image": "a.jpg", "boxes": [[float("nan"), 1, 9, 9, "car"]]}, "NaN and Infinity are not"),
         ({"image": "a.jpg", "boxes": [[1, 1, 5, 5, "bus"]]}, "unknown class 'bus'"),
         ({"image": "a.jpg", "depth": "nope.png"}, "depth file not found"),
         ({"image": "a.jpg", "labels": {}}, "unknown key(s) ['labels']"),

@@ -25,7 +25,7 @@ from drivemtl.data.datasets import (
 from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS
 from drivemtl.data.labels import DEFAULT_CLASSES
 from drivemtl.data.manifest import Record, read_manifest, unique_records
-from drivemtl.data.transforms import build_transform
+from drivemtl.data.transforms import build_transform, decode_size
 from drivemtl.errors import DriveMTLError
 
 SPLITS = ("train", "val", "test")
@@ -219,6 +219,7 @@ class DriveDataModule(L.LightningDataModule):
             self.datasets[split] = ManifestDataset(
                 self.records(split),
                 build_transform(self.image_size, train=train),
+                decode_at_least=decode_size(self.image_size, train),
                 load_depth=self.hparams.load_depth,
                 depth_scale=self.hparams.depth_scale,
                 depth_zoom_correction=self.hparams.depth_zoom_correction,
@@ -237,7 +238,10 @@ class DriveDataModule(L.LightningDataModule):
                     f"{', '.join(IMAGE_EXTENSIONS)} in any letter case)."
                 )
             self.datasets["predict"] = ImageFolderDataset(
-                images, build_transform(self.image_size, train=False), len(self.classes)
+                images,
+                build_transform(self.image_size, train=False),
+                len(self.classes),
+                decode_at_least=decode_size(self.image_size, train=False),
             )
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:

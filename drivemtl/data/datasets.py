@@ -14,10 +14,10 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from drivemtl.data.batch import Batch, Sample, collate
-from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS, load_depth, load_rgb
+from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS, load_depth, load_rgb_reduced
 from drivemtl.data.labels import POSITIVE, UNKNOWN
 from drivemtl.data.manifest import Record
-from drivemtl.data.transforms import crop_zoom, seed_transform
+from drivemtl.data.transforms import Resize, crop_zoom, seed_transform
 from drivemtl.errors import DriveMTLError
 
 
@@ -34,6 +34,9 @@ class ManifestDataset(Dataset):
         load_boxes: Keep box targets (needed by detection; cheap, so on by default).
         load_depth: Decode depth maps (only when a depth task uses them).
         depth_scale: Units per metre of 16-bit depth PNGs (256: KITTI); ``.npy`` is metres.
+        decode_at_least: Decode JPEGs at a reduced scale that still has this (height, width)
+            (:func:`~drivemtl.data.transforms.decode_size`); ``None``: full size. Not with
+            depth maps, which must match the decoded image.
         depth_zoom_correction: Divide depth by the zoom of a scale-crop (see
             :func:`~drivemtl.data.transforms.crop_zoom`), so that it matches how near the
             cropped picture looks; without it a zoomed crop teaches "looks nearer, is as far".
@@ -42,13 +45,15 @@ class ManifestDataset(Dataset):
     def __init__(
         self,
         records: Sequence[Record],
-        transform: A.Compose,
+        transform: A.Compose | Resize,
         load_boxes: bool = True,
         load_depth: bool = False,
         depth_scale: float = DEPTH_PNG_SCALE,
         depth_zoom_correction: bool = False,
+        decode_at_least: tuple[int, int] | None = None,
     ):
         self.records = list(records)
+        self.decode_at_least = decode_at_least
         self.transform = transform
         self.load_boxes = load_boxes
         self.load_depth = load_depth
@@ -62,19 +67,20 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
+        with_depth = self.load_depth and record.depth
         try:
-            image = load_rgb(record.image)
+            reduce = None if with_depth else self.decode_at_least
+            image, (height, width) = load_rgb_reduced(record.image, reduce)
         except Exception as e:  # any decoder failure (OSError, a bad EXIF block, ...)
             raise DriveMTLError(f"{record.source}: cannot read {record.image}: {e}") from None
         depth = None
-        if self.load_depth and record.depth:
+        if with_depth:
             try:
                 depth = load_depth(record.depth, self.depth_scale)
             except (OSError, ValueError) as e:
                 raise DriveMTLError(
                     f"{record.source}: cannot read depth map {record.depth}: {e}"
                 ) from None
-        height, width = image.shape[:2]
         if depth is not None and depth.shape != (height, width):
             raise DriveMTLError(
                 f"{record.source}: depth map {record.depth} is {depth.shape[1]}x{depth.shape[0]}"
@@ -85,9 +91,13 @@ class ManifestDataset(Dataset):
         # Ignore regions ride along as boxes with label -1 so they move with the image.
         all_boxes = [b[:4] for b in boxes] + [r[:4] for r in ignore]
         labels = [b[4] for b in boxes] + [-1] * len(ignore)
+        all_boxes = np.asarray(all_boxes, dtype=np.float32).reshape(-1, 4)
+        if image.shape[:2] != (height, width):  # decoded at a reduced scale
+            scale = [image.shape[1] / width, image.shape[0] / height] * 2
+            all_boxes = all_boxes * np.float32(scale)
         inputs = {
             "image": image,
-            "bboxes": np.asarray(all_boxes, dtype=np.float32).reshape(-1, 4),
+            "bboxes": all_boxes,
             "box_labels": labels,
             "box_ids": list(range(len(all_boxes))),
         }
@@ -121,7 +131,7 @@ class ManifestDataset(Dataset):
         if depth is not None:
             moved = out["mask"]
             if self.depth_zoom_correction:  # 0 (no measurement) stays 0
-                moved = moved / crop_zoom(out.get("applied_transforms", ()), (height, width))
+                moved = moved / crop_zoom(out.get("applied_transforms", ()), image.shape[:2])
             sample.depth = torch.from_numpy(np.ascontiguousarray(moved))[None].float()
         return sample
 
@@ -181,9 +191,16 @@ class ImageFolderDataset(Dataset):
         num_classes: Length of the (unknown) presence vector.
     """
 
-    def __init__(self, images: Sequence[str | Path], transform: A.Compose, num_classes: int):
+    def __init__(
+        self,
+        images: Sequence[str | Path],
+        transform: Resize | A.Compose,
+        num_classes: int,
+        decode_at_least: tuple[int, int] | None = None,
+    ):
         # Plain strings: a Path costs several times its text, and folders hold millions of frames.
         self.images = [str(p) for p in images]
+        self.decode_at_least = decode_at_least
         self.transform = transform
         self.num_classes = num_classes
 
@@ -194,7 +211,7 @@ class ImageFolderDataset(Dataset):
         path = self.images[index]
         presence = torch.full((self.num_classes,), UNKNOWN, dtype=torch.long)
         try:
-            image = load_rgb(path)
+            image, original_size = load_rgb_reduced(path, self.decode_at_least)
             out = self.transform(image=image, bboxes=np.zeros((0, 4)), box_labels=[], box_ids=[])
         except Exception as e:  # any decoder failure is one bad file, not a crash of the run
             # The transform on a 1x1 black image gives a placeholder of the network's input size.
@@ -213,7 +230,7 @@ class ImageFolderDataset(Dataset):
             presence=presence,
             index=index,
             path=path,
-            original_size=image.shape[:2],
+            original_size=original_size,
         )
 
 
@@ -227,5 +244,5 @@ def seed_worker_transform(worker_id: int) -> None:
     cv2.setNumThreads(0)
     info = get_worker_info()
     transform = getattr(info.dataset, "transform", None)
-    if transform is not None:
+    if isinstance(transform, A.Compose):  # the eval Resize draws nothing
         seed_transform(transform, torch.initial_seed())

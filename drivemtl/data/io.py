@@ -84,6 +84,11 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
             yield im
 
 
+EXIF_ORIENTATION = 0x0112
+EXIF_TRANSPOSED = (5, 6, 7, 8)
+"""EXIF orientations that turn the stored image by 90 degrees (width and height swap)."""
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
     """Decode an image to (H, W, 3) uint8 RGB.
 
@@ -93,18 +98,39 @@ def load_rgb(path: str | Path) -> np.ndarray:
     Raises:
         OSError: When the file is not a readable image.
     """
+    return load_rgb_reduced(path, None)[0]
+
+
+def load_rgb_reduced(
+    path: str | Path, at_least: tuple[int, int] | None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_rgb`, decoding a JPEG at 1/2, 1/4 or 1/8 scale when that is still at least
+    ``at_least`` (height, width) pixels: a fraction of the decoding cost, for a network input
+    much smaller than the photo.
+
+    Returns:
+        The image as it was decoded, and the (height, width) of the whole image upright (what
+        box coordinates and predictions refer to).
+
+    Raises:
+        OSError: When the file is not a readable image.
+    """
     with open_image(path) as im:
-        im = ImageOps.exif_transpose(im)
+        orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+        turned = orientation in EXIF_TRANSPOSED
+        width, height = im.size[::-1] if turned else im.size
+        if at_least is not None and im.format == "JPEG":
+            need_h, need_w = at_least
+            im.draft("RGB", (need_h, need_w) if turned else (need_w, need_h))
+        # Only when turned: exif_transpose copies even an upright image, and the copies cost
+        # more than decoding (see benchmarks/data_scale.py).
+        if orientation not in (1, None):
+            im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             array = np.asarray(im, dtype=np.float64)
             array = (array / max(array.max(), 1.0) * 255.0).astype(np.uint8)
-            return np.repeat(array[..., None], 3, axis=2)
-        return np.asarray(im.convert("RGB"))
-
-
-EXIF_ORIENTATION = 0x0112
-EXIF_TRANSPOSED = (5, 6, 7, 8)
-"""EXIF orientations that turn the stored image by 90 degrees (width and height swap)."""
+            return np.repeat(array[..., None], 3, axis=2), (height, width)
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), (height, width)
 
 
 def displayed_size(path: str | Path) -> tuple[int, int]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import stat
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from math import isfinite
 from pathlib import Path
 
 from drivemtl.data.io import displayed_size
@@ -27,25 +27,25 @@ MAX_REPORTED_ERRORS = 20
 BOX_TOLERANCE_PX = 0.01
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """One manifest entry, resolved against the configured class list.
 
     Attributes:
-        image: Absolute path of the image.
+        image: Path of the image (the manifest's folder joined with the entry's path).
         presence: One label per configured class: 1, 0 or -1 (unknown).
         boxes: ``(x1, y1, x2, y2, class_index)`` in original pixels; ``None`` when the image is
             not annotated for boxes, empty when annotated with no object.
-        depth: Absolute path of the depth map, or ``None``.
+        depth: Path of the depth map, or ``None``.
         ignore: ``(x1, y1, x2, y2)`` regions (crowds, KITTI DontCare) that are neither objects
             nor background for detection.
         source: ``manifest:line`` for messages.
     """
 
-    image: Path
+    image: str
     presence: tuple[int, ...]
     boxes: tuple[tuple[float, float, float, float, int], ...] | None = None
-    depth: Path | None = None
+    depth: str | None = None
     ignore: tuple[tuple[float, float, float, float], ...] = ()
     source: str = ""
 
@@ -121,13 +121,15 @@ def _warn_contradictions(records: Sequence[Record], classes: Sequence[str]) -> N
         )
 
 
-def _resolve(base: Path, value: object, what: str, check: bool) -> Path:
+def _resolve(base: str, value: object, what: str, check: bool) -> str:
     if not isinstance(value, str) or not value:
         raise _LineError(f"'{what}' must be a non-empty path string, got {value!r}")
-    resolved = Path(value) if Path(value).is_absolute() else base / value
+    # Strings, not pathlib: a million records would spend more time building Path objects
+    # than parsing their JSON.
+    resolved = value if os.path.isabs(value) else os.path.join(base, value)
     if check:
         try:
-            mode = resolved.stat().st_mode
+            mode = os.stat(resolved).st_mode
         except FileNotFoundError:
             raise _LineError(f"{what} file not found: {resolved}") from None
         except OSError as e:  # a symlink loop, no permission
@@ -175,14 +177,16 @@ def _label(value: object, name: str) -> int:
     raise _LineError(f"presence of '{name}' is {value!r}; use 1, 0 or '?'")
 
 
-def _class_index(name: object, classes: list[str]) -> int:
-    if name not in classes:
-        raise _LineError(f"unknown class {name!r}; configured classes are {classes}")
-    return classes.index(name)
+def _class_index(name: object, index: dict[str, int]) -> int:
+    found = index.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise _LineError(f"unknown class {name!r}; configured classes are {list(index)}")
+    return found
 
 
 def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record], list]:
     records, problems = [], []
+    base = str(path.parent)
     # read_lines: UTF-8 checked line by line, Excel's byte-order mark dropped.
     reader = csv.reader(text for _, text in read_lines(path))
     try:
@@ -211,7 +215,7 @@ def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record
         try:
             if len(row) != len(header):
                 raise _LineError(f"{len(row)} cells, but the header has {len(header)}")
-            image = _resolve(path.parent, row[0].strip(), "image", check)
+            image = _resolve(base, row[0].strip(), "image", check)
             given = {name: _label(cell, name) for name, cell in zip(header[1:], row[1:])}
             presence = tuple(given.get(name, UNKNOWN) for name in classes)
             records.append(Record(image, presence, source=f"{path}:{line}"))
@@ -222,98 +226,112 @@ def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record
 
 def _parse_jsonl(path: Path, classes: list[str], check: bool) -> tuple[list[Record], list]:
     records, problems = [], []
+    parse = _EntryParser(path, classes, check)
     for line, text in read_lines(path):
         if not text.strip():
             continue
         try:
-            records.append(_parse_entry(text, path, line, classes, check))
+            records.append(parse(text, line))
         except _LineError as e:
             problems.append((line, str(e)))
     return records, problems
 
 
-def _parse_entry(text: str, path: Path, line: int, classes: list[str], check: bool) -> Record:
-    try:
-        entry = loads(text)
-    except BadJSON as e:
-        raise _LineError(str(e)) from None
-    if not isinstance(entry, dict):
-        raise _LineError("each line must be a JSON object")
-    extra = set(entry) - JSONL_KEYS
-    if extra:
-        raise _LineError(f"unknown key(s) {sorted(extra)}; allowed: {sorted(JSONL_KEYS)}")
-    if "image" not in entry:
-        raise _LineError("missing 'image'")
-    image = _resolve(path.parent, entry["image"], "image", check)
+class _EntryParser:
+    """Parses one JSONL manifest line into a :class:`Record` (hot: once per image)."""
 
-    boxes = None
-    if entry.get("boxes") is not None:
-        boxes = _parse_boxes(entry["boxes"], classes, image if check else None)
+    def __init__(self, path: Path, classes: list[str], check: bool):
+        self.path, self.base, self.check = path, str(path.parent), check
+        self.classes = classes
+        self.index = {name: i for i, name in enumerate(classes)}
 
-    explicit = entry.get("presence") or {}
-    if not isinstance(explicit, dict):
-        raise _LineError("'presence' must be an object mapping class name to 1, 0 or '?'")
-    for name in explicit:
-        _class_index(name, classes)
-    presence = []
-    for index, name in enumerate(classes):
-        if name in explicit:
-            presence.append(_label(explicit[name], name))
-        elif boxes is not None:
-            presence.append(int(any(b[4] == index for b in boxes)))
-        else:
-            presence.append(UNKNOWN)
+    def __call__(self, text: str, line: int) -> Record:
+        try:
+            entry = loads(text)
+        except BadJSON as e:
+            raise _LineError(str(e)) from None
+        if not isinstance(entry, dict):
+            raise _LineError("each line must be a JSON object")
+        if not entry.keys() <= JSONL_KEYS:
+            extra = sorted(set(entry) - JSONL_KEYS)
+            raise _LineError(f"unknown key(s) {extra}; allowed: {sorted(JSONL_KEYS)}")
+        if "image" not in entry:
+            raise _LineError("missing 'image'")
+        check = self.check
+        image = _resolve(self.base, entry["image"], "image", check)
 
-    depth = None
-    if entry.get("depth") is not None:
-        depth = _resolve(path.parent, entry["depth"], "depth", check)
-    ignore = ()
-    if entry.get("ignore"):
-        ignore = tuple(
-            b[:4]
-            for b in _parse_boxes(
-                [list(r[:4]) + [classes[0]] for r in _as_list(entry["ignore"], "ignore")],
-                classes,
-                image if check else None,
-            )
+        boxes = None
+        if entry.get("boxes") is not None:
+            boxes = self.boxes(entry["boxes"], image if check else None)
+
+        explicit = entry.get("presence") or {}
+        if not isinstance(explicit, dict):
+            raise _LineError("'presence' must be an object mapping class name to 1, 0 or '?'")
+        for name in explicit:
+            _class_index(name, self.index)
+        if boxes is not None:
+            boxed = {b[4] for b in boxes}
+        presence = tuple(
+            _label(explicit[name], name)
+            if name in explicit
+            else (int(i in boxed) if boxes is not None else UNKNOWN)
+            for i, name in enumerate(self.classes)
         )
-    return Record(image, tuple(presence), boxes, depth, ignore, source=f"{path}:{line}")
+
+        depth = None
+        if entry.get("depth") is not None:
+            depth = _resolve(self.base, entry["depth"], "depth", check)
+        ignore = ()
+        if entry.get("ignore"):
+            regions = [list(r[:4]) + [self.classes[0]] for r in _as_list(entry["ignore"], "ignore")]
+            ignore = tuple(b[:4] for b in self.boxes(regions, image if check else None))
+        return Record(image, presence, boxes, depth, ignore, source=f"{self.path}:{line}")
+
+    def boxes(self, value: object, image: str | None) -> tuple:
+        if not isinstance(value, list):
+            raise _LineError("'boxes' must be a list of [x1, y1, x2, y2, class], [] or null")
+        size = None
+        if image is not None and value:
+            try:
+                size = displayed_size(image)  # boxes are in the pixels training loads
+            except Exception as e:  # OSError, a bad EXIF block: not a usable image
+                raise _LineError(f"cannot read image {image}: {e}") from None
+        boxes = []
+        for i, box in enumerate(value):
+            if type(box) is not list or len(box) != 5:
+                raise _LineError(f"box {i} must be [x1, y1, x2, y2, class], got {box!r}")
+            x1, y1, x2, y2, name = box
+            # type(), not isinstance: JSON's true / false are bools, which are ints.
+            if not (
+                type(x1) in _NUMBERS
+                and type(y1) in _NUMBERS
+                and type(x2) in _NUMBERS
+                and type(y2) in _NUMBERS
+            ):
+                raise _LineError(f"box {i} has non-numeric coordinates: {box!r}")
+            x1, y1, x2, y2 = float(x1), float(y1), float(x2), float(y2)
+            if not (isfinite(x1) and isfinite(y1) and isfinite(x2) and isfinite(y2)):
+                raise _LineError(f"box {i} has non-finite coordinates: {box!r}")
+            if x2 <= x1 or y2 <= y1:
+                raise _LineError(
+                    f"box {i} {box!r} is empty or inverted (needs x2 > x1 and y2 > y1)"
+                )
+            if size is not None:
+                w, h = size
+                t = BOX_TOLERANCE_PX
+                if x1 < -t or y1 < -t or x2 > w + t or y2 > h + t:
+                    raise _LineError(f"box {i} {box!r} lies outside the {w}x{h} image")
+            boxes.append((x1, y1, x2, y2, _class_index(name, self.index)))
+        return tuple(boxes)
+
+
+_NUMBERS = frozenset({int, float})
 
 
 def _as_list(value: object, key: str) -> list:
     if not isinstance(value, list) or not all(isinstance(v, list) and len(v) >= 4 for v in value):
         raise _LineError(f"'{key}' must be a list of [x1, y1, x2, y2] regions")
     return value
-
-
-def _parse_boxes(value: object, classes: list[str], image: Path | None) -> tuple:
-    if not isinstance(value, list):
-        raise _LineError("'boxes' must be a list of [x1, y1, x2, y2, class], [] or null")
-    size = None
-    if image is not None and value:
-        try:
-            size = displayed_size(image)  # boxes are in the pixels training loads
-        except Exception as e:  # OSError, a bad EXIF block: not a usable image
-            raise _LineError(f"cannot read image {image}: {e}") from None
-    boxes = []
-    for i, box in enumerate(value):
-        if not (isinstance(box, list) and len(box) == 5):
-            raise _LineError(f"box {i} must be [x1, y1, x2, y2, class], got {box!r}")
-        *coords, name = box
-        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coords):
-            raise _LineError(f"box {i} has non-numeric coordinates: {box!r}")
-        x1, y1, x2, y2 = (float(c) for c in coords)
-        if not all(math.isfinite(c) for c in (x1, y1, x2, y2)):
-            raise _LineError(f"box {i} has non-finite coordinates: {box!r}")
-        if x2 <= x1 or y2 <= y1:
-            raise _LineError(f"box {i} {box!r} is empty or inverted (needs x2 > x1 and y2 > y1)")
-        if size is not None:
-            w, h = size
-            t = BOX_TOLERANCE_PX
-            if x1 < -t or y1 < -t or x2 > w + t or y2 > h + t:
-                raise _LineError(f"box {i} {box!r} lies outside the {w}x{h} image")
-        boxes.append((x1, y1, x2, y2, _class_index(name, classes)))
-    return tuple(boxes)
 
 
 def write_manifest(entries: Iterable[dict], path: str | Path) -> Path:

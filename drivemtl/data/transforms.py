@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import albumentations as A
 import cv2
+import numpy as np
 import torch
 
 BOX_PARAMS = A.BboxParams(
@@ -25,42 +26,82 @@ BOX_PARAMS = A.BboxParams(
 )
 
 
-def build_transform(image_size: tuple[int, int], train: bool) -> A.Compose:
+def build_transform(image_size: tuple[int, int], train: bool) -> A.Compose | Resize:
     """The train (flip, scale-crop, colour jitter) or eval (resize) pipeline.
 
     Args:
         image_size: Output (height, width).
         train: Whether to augment.
     """
+    if not train:
+        return Resize(image_size)
     height, width = image_size
-    if train:
-        aspect = width / height
-        steps = [
-            A.HorizontalFlip(p=0.5),
-            A.RandomResizedCrop(
-                size=(height, width),
-                scale=(0.6, 1.0),
-                ratio=(aspect * 0.85, aspect / 0.85),
-                interpolation=cv2.INTER_AREA,
-                mask_interpolation=cv2.INTER_NEAREST,
-            ),
-            A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=0.8),
-        ]
-    else:
-        steps = [
-            A.Resize(
-                height,
-                width,
-                interpolation=cv2.INTER_AREA,
-                mask_interpolation=cv2.INTER_NEAREST,
-            )
-        ]
+    aspect = width / height
+    steps = [
+        A.HorizontalFlip(p=0.5),
+        A.RandomResizedCrop(
+            size=(height, width),
+            scale=(MIN_CROP_AREA, 1.0),
+            ratio=(aspect * CROP_ASPECT, aspect / CROP_ASPECT),
+            interpolation=cv2.INTER_AREA,
+            mask_interpolation=cv2.INTER_NEAREST,
+        ),
+        A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=0.8),
+    ]
     pipeline = A.Compose(steps, bbox_params=BOX_PARAMS)
     # Albumentations keeps its own generator; without a seed it draws one from the OS, and a
     # seeded run (seed_everything) would still augment differently in the main process.
     # Loader workers reseed it per worker (seed_worker_transform).
     seed_transform(pipeline, torch.initial_seed())
     return pipeline
+
+
+MIN_CROP_AREA = 0.6
+CROP_ASPECT = 0.85
+"""The scale-crop keeps 60-100 % of the image area, at the input's aspect ratio +- 15 %."""
+
+
+def decode_size(image_size: tuple[int, int], train: bool) -> tuple[int, int]:
+    """The smallest decoded image (height, width) that loses no detail for a pipeline.
+
+    JPEG files can be decoded at 1/2, 1/4 or 1/8 of their size for a fraction of the cost
+    (:func:`~drivemtl.data.io.load_rgb`); the eval pipeline needs the input size, the
+    scale-crop the input size over the smallest crop side (the crop is then magnified).
+    """
+    height, width = image_size
+    if not train:
+        return height, width
+    side = math.sqrt(MIN_CROP_AREA * CROP_ASPECT)  # smallest crop side, as a fraction
+    return math.ceil(height / side), math.ceil(width / side)
+
+
+class Resize:
+    """The eval pipeline: the image to the input size, boxes and depth with it.
+
+    What ``A.Compose([A.Resize(...)], bbox_params=BOX_PARAMS)`` computes (the same OpenCV
+    resizes; boxes scaled and clipped to the image), without its per-call bookkeeping, which
+    cost as much as decoding the JPEG (see ``benchmarks/data_scale.py``). Called like an
+    albumentations pipeline.
+
+    Args:
+        image_size: Output (height, width).
+    """
+
+    def __init__(self, image_size: tuple[int, int]):
+        self.height, self.width = image_size
+
+    def __call__(self, image, bboxes, box_labels, box_ids, mask=None) -> dict:
+        height, width = image.shape[:2]
+        size = (self.width, self.height)
+        out = {"image": cv2.resize(image, size, interpolation=cv2.INTER_AREA)}
+        boxes = np.asarray(bboxes, dtype=np.float32).reshape(-1, 4)
+        if len(boxes):
+            boxes = np.clip(boxes, 0, [width, height, width, height])
+            boxes = boxes * np.float32([self.width / width, self.height / height] * 2)
+        out.update(bboxes=boxes, box_labels=list(box_labels), box_ids=list(box_ids))
+        if mask is not None:
+            out["mask"] = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        return out
 
 
 def seed_transform(pipeline: A.Compose, seed: int) -> None:

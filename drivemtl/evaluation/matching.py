@@ -57,7 +57,9 @@ class MatchResult:
 
 
 def _parts(path: str) -> tuple[str, ...]:
-    return tuple(p for p in Path(path).as_posix().split("/") if p not in ("", "."))
+    # String work, not pathlib: this runs for every image of a manifest and a predictions file.
+    text = str(path).replace(os.sep, "/")
+    return tuple(p for p in text.split("/") if p not in ("", "."))
 
 
 def manifest_image(image: str | Path, manifest_dir: str | Path) -> ManifestImage:

@@ -117,7 +117,7 @@ def test_kitti_presence_and_depth(shared_data, tmp_path):
     out = tmp_path / "kitti.jsonl"
     conv = convert_kitti(root / "label_2", root / "image_2", root / "depth", out=out)
     conv.write(out)
-    records = {r.image.stem: r for r in read_manifest(out, DEFAULT_CLASSES)}
+    records = {Path(r.image).stem: r for r in read_manifest(out, DEFAULT_CLASSES)}
     assert sorted(records) == ["000000", "000001", "000002"]
     ped, car, stop, light = (DEFAULT_CLASSES.index(c) for c in DEFAULT_CLASSES)
     # README: Pedestrian in 000000, Car in 000001 and 000002; no light or stop-sign class.
