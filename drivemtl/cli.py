@@ -347,6 +347,7 @@ def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    previous = os.environ.get(DEBUG_ENV)
     if debug:
         os.environ[DEBUG_ENV] = "1"  # DDP workers re-run the command line without the flag
     if args is None:
@@ -376,6 +377,11 @@ def main(args: list[str] | None = None) -> int:
             raise
         print("drivemtl: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is None:
+            os.environ.pop(DEBUG_ENV, None)  # a later call in this process starts afresh
+        else:
+            os.environ[DEBUG_ENV] = previous
 
 
 def _is_misconfiguration(error: Exception) -> bool:

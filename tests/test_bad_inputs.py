@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from drivemtl.cli import main
+from drivemtl.errors import DriveMTLError
 from tests.conftest import CLASSES, write_image, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -453,3 +454,18 @@ def test_the_console_script_behaves_like_the_runner(world, results):
     assert done.returncode == 2 and REFUSED in done.stderr and "Traceback" not in done.stderr
     assert done.stderr == results[case.id]["stderr"]
     assert not Path(world["marker"]).exists()
+
+
+def test_debug_lets_the_traceback_through(world, monkeypatch, capsys):
+    """--debug (or DRIVEMTL_DEBUG=1) shows what lies behind a message."""
+    argv = [
+        "predict",
+        f"--ckpt_path={world['root']}/empty.ckpt",
+        f"--data.predict_dir={world['root']}/img",
+    ]
+    assert main(argv) == 2 and "is empty (0 bytes)" in capsys.readouterr().err
+    with pytest.raises(DriveMTLError, match="is empty"):
+        main([*argv, "--debug"])
+    monkeypatch.setenv("DRIVEMTL_DEBUG", "1")
+    with pytest.raises(DriveMTLError, match="is empty"):
+        main(argv)

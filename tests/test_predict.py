@@ -340,6 +340,12 @@ def test_killed_run_resumes_with_each_image_once(trained, tmp_path):
     assert len(_lines(out / "predictions.jsonl")) == 14
     assert len(_lines(out / "errors.jsonl")) == 1
 
+    # The same scores as a run that was never interrupted.
+    whole = tmp_path / "whole"
+    assert main([*args[:3], f"--output_dir={whole}", *args[4:]]) == 0
+    resumed = {r["image"]: r for r in _lines(out / "predictions.jsonl")}
+    assert {r["image"]: r for r in _lines(whole / "predictions.jsonl")} == resumed
+
 
 def test_test_and_evaluate_report_the_same_numbers(trained, tmp_path, capsys):
     """`drivemtl test` and predict + `drivemtl evaluate` on the same images and checkpoint."""

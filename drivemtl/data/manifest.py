@@ -39,7 +39,8 @@ class Record:
         depth: Path of the depth map, or ``None``.
         ignore: ``(x1, y1, x2, y2)`` regions (crowds, KITTI DontCare) that are neither objects
             nor background for detection.
-        source: ``manifest:line`` for messages.
+        manifest: The manifest file (one string shared by all its records).
+        line: The entry's line in it.
     """
 
     image: str
@@ -47,7 +48,14 @@ class Record:
     boxes: tuple[tuple[float, float, float, float, int], ...] | None = None
     depth: str | None = None
     ignore: tuple[tuple[float, float, float, float], ...] = ()
-    source: str = ""
+    manifest: str = ""
+    line: int = 0
+
+    @property
+    def source(self) -> str:
+        """``manifest:line``, for messages (built when asked: a million records would
+        otherwise each hold a copy of the manifest's path)."""
+        return f"{self.manifest}:{self.line}"
 
 
 class ManifestError(DriveMTLError):
@@ -186,7 +194,7 @@ def _class_index(name: object, index: dict[str, int]) -> int:
 
 def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record], list]:
     records, problems = [], []
-    base = str(path.parent)
+    base, manifest = str(path.parent), str(path)
     # read_lines: UTF-8 checked line by line, Excel's byte-order mark dropped.
     reader = csv.reader(text for _, text in read_lines(path))
     try:
@@ -218,7 +226,7 @@ def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record
             image = _resolve(base, row[0].strip(), "image", check)
             given = {name: _label(cell, name) for name, cell in zip(header[1:], row[1:])}
             presence = tuple(given.get(name, UNKNOWN) for name in classes)
-            records.append(Record(image, presence, source=f"{path}:{line}"))
+            records.append(Record(image, presence, manifest=manifest, line=line))
         except _LineError as e:
             problems.append((line, str(e)))
     return records, problems
@@ -241,7 +249,7 @@ class _EntryParser:
     """Parses one JSONL manifest line into a :class:`Record` (hot: once per image)."""
 
     def __init__(self, path: Path, classes: list[str], check: bool):
-        self.path, self.base, self.check = path, str(path.parent), check
+        self.path, self.base, self.check = str(path), str(path.parent), check
         self.classes = classes
         self.index = {name: i for i, name in enumerate(classes)}
 
@@ -285,7 +293,7 @@ class _EntryParser:
         if entry.get("ignore"):
             regions = [list(r[:4]) + [self.classes[0]] for r in _as_list(entry["ignore"], "ignore")]
             ignore = tuple(b[:4] for b in self.boxes(regions, image if check else None))
-        return Record(image, presence, boxes, depth, ignore, source=f"{self.path}:{line}")
+        return Record(image, presence, boxes, depth, ignore, self.path, line)
 
     def boxes(self, value: object, image: str | None) -> tuple:
         if not isinstance(value, list):
