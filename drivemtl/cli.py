@@ -244,10 +244,10 @@ def user_message(error: DriveMTLError) -> str:
     return trace[found.end() :].rstrip() if found else text
 
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "convert", "evaluate", "compare")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "convert", "inspect", "evaluate", "compare")
 
 USAGE = """\
-usage: drivemtl {fit,validate,test,predict,convert,evaluate,compare} ...
+usage: drivemtl {fit,validate,test,predict,convert,inspect,evaluate,compare} ...
 
 Multi-task learning on driving scenes (presence, detection, depth) with PyTorch Lightning.
 
@@ -257,6 +257,7 @@ subcommands (drivemtl <subcommand> --help for its options):
   test       metrics of a checkpoint on the test data (--ckpt_path)
   predict    predictions.jsonl (+ overlays, depth maps) for a folder of images
   convert    COCO, YOLO, VOC, BDD100K, KITTI or Cityscapes annotations -> manifest
+  inspect    check manifests before training: every file decoded, labels, box sizes, depth
   evaluate   score a predictions.jsonl against a manifest, per class
   compare    multi-task gain over single-task runs (Delta_m) from their metrics.json
 """
@@ -320,6 +321,10 @@ def _dispatch(argv: list[str], lightning_args: list[str] | None) -> int:
             from drivemtl.converters import main as convert
 
             return convert(argv[1:])
+        if argv[0] == "inspect":
+            from drivemtl.inspection import main as inspect
+
+            return inspect(argv[1:])
         if argv[0] == "evaluate":
             from drivemtl.evaluation import main as evaluate
 

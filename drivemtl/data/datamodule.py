@@ -175,7 +175,7 @@ class DriveDataModule(L.LightningDataModule):
                 config=config,
                 classes=self.classes,
                 progress=True,
-                workers=_usable_cores(),
+                workers=usable_cores(),
             )
             partial.rename(target)
 
@@ -264,7 +264,7 @@ class DriveDataModule(L.LightningDataModule):
         )
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """CPU cores this process may run on (a container's limit, not the host's count)."""
     try:
         return len(os.sched_getaffinity(0))

@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from drivemtl.data.batch import Batch, Sample, collate
-from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS, load_depth, load_rgb
+from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS, load_rgb
+from drivemtl.data.io import load_depth as load_depth_map
 from drivemtl.data.labels import POSITIVE, UNKNOWN
 from drivemtl.data.manifest import Record
 from drivemtl.data.transforms import crop_zoom
@@ -23,6 +24,40 @@ from drivemtl.errors import DriveMTLError
 
 def _as_tensor_image(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def read_record(
+    record: Record, load_depth: bool = True, depth_scale: float = DEPTH_PNG_SCALE
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode a record's image and, with ``load_depth``, its depth map, as training does.
+
+    Returns:
+        ``(image (H, W, 3) uint8, depth (H, W) metres or None)``.
+
+    Raises:
+        DriveMTLError: Naming the manifest line when a file cannot be decoded or the depth
+            map is not the image's size.
+    """
+    try:
+        image = load_rgb(record.image)
+    except Exception as e:  # any decoder failure (OSError, a PNG's SyntaxError) is a bad file
+        reason = _read_error(str(record.image), e)
+        raise DriveMTLError(f"{record.source}: cannot read {record.image}: {reason}") from None
+    depth = None
+    if load_depth and record.depth:
+        try:
+            depth = load_depth_map(record.depth, depth_scale)
+        except (OSError, ValueError) as e:
+            raise DriveMTLError(
+                f"{record.source}: cannot read depth map {record.depth}: {e}"
+            ) from None
+    height, width = image.shape[:2]
+    if depth is not None and depth.shape != (height, width):
+        raise DriveMTLError(
+            f"{record.source}: depth map {record.depth} is {depth.shape[1]}x{depth.shape[0]}"
+            f" but the image is {width}x{height}; they must match."
+        )
+    return image, depth
 
 
 class ManifestDataset(Dataset):
@@ -62,24 +97,8 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
-        try:
-            image = load_rgb(record.image)
-        except OSError as e:
-            raise DriveMTLError(f"{record.source}: cannot read {record.image}: {e}") from None
-        depth = None
-        if self.load_depth and record.depth:
-            try:
-                depth = load_depth(record.depth, self.depth_scale)
-            except (OSError, ValueError) as e:
-                raise DriveMTLError(
-                    f"{record.source}: cannot read depth map {record.depth}: {e}"
-                ) from None
+        image, depth = read_record(record, self.load_depth, self.depth_scale)
         height, width = image.shape[:2]
-        if depth is not None and depth.shape != (height, width):
-            raise DriveMTLError(
-                f"{record.source}: depth map {record.depth} is {depth.shape[1]}x{depth.shape[0]}"
-                f" but the image is {width}x{height}; they must match."
-            )
         boxes = list(record.boxes or ())
         ignore = list(record.ignore)
         # Ignore regions ride along as boxes with label -1 so they move with the image.

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from drivemtl.console import progress
 from drivemtl.data.io import displayed_size
 from drivemtl.data.labels import NEGATIVE, POSITIVE, UNKNOWN, UNKNOWN_TOKEN
 from drivemtl.errors import DriveMTLError
@@ -85,23 +86,44 @@ def read_manifest(
         ManifestError: Naming every bad line and its problem.
         DriveMTLError: When the manifest itself is missing or empty.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DriveMTLError(f"Manifest not found: {path}. Check the path given in the data config.")
-    parse = _parse_csv if path.suffix.lower() == ".csv" else _parse_jsonl
-    try:
-        records, problems = parse(path, list(classes), check_files)
-    except UnicodeDecodeError as e:
-        raise DriveMTLError(
-            f"Manifest {path} is not UTF-8 text (byte {e.start}: {e.reason}). Save it as UTF-8 "
-            "(a spreadsheet's 'CSV UTF-8')."
-        ) from None
+    records, problems = parse_manifest(path, classes, check_files)
     if problems:
         raise ManifestError(path, problems)
     if not records:
         raise DriveMTLError(f"Manifest {path} has no entries.")
     _warn_contradictions(records, classes)
     return records
+
+
+def parse_manifest(
+    path: str | Path, classes: Sequence[str], check_files: bool = True
+) -> tuple[list[Record], list[tuple[int, str]]]:
+    """:func:`read_manifest` without raising on bad entries: every good record and every
+    ``(line, problem)``, as ``drivemtl inspect`` reports them.
+
+    Raises:
+        DriveMTLError: When the manifest itself is missing or not UTF-8 text.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DriveMTLError(f"Manifest not found: {path}. Check the path given in the data config.")
+    parse = _parse_csv if path.suffix.lower() == ".csv" else _parse_jsonl
+    try:
+        return parse(path, list(classes), check_files)
+    except UnicodeDecodeError as e:
+        raise DriveMTLError(
+            f"Manifest {path} is not UTF-8 text (byte {e.start}: {e.reason}). Save it as UTF-8 "
+            "(a spreadsheet's 'CSV UTF-8')."
+        ) from None
+
+
+def _lines(path: Path, lines: Iterable, check: bool) -> Iterable:
+    """``lines`` with a progress bar while files are checked (each one opens a file)."""
+    if not check:
+        return lines
+    with path.open("rb") as f:
+        total = sum(1 for _ in f)
+    return progress(lines, total=total, desc=f"reading {path.name}", unit=" lines")
 
 
 def _warn_contradictions(records: Sequence[Record], classes: Sequence[str]) -> None:
@@ -160,7 +182,7 @@ def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record
         unknown = [h for h in header[1:] if h not in classes]
         if unknown:
             return [], [(1, f"unknown class column(s) {unknown}; configured classes are {classes}")]
-        for row in reader:
+        for row in _lines(path, reader, check):
             line = reader.line_num
             if not row or all(not cell.strip() for cell in row):
                 continue
@@ -179,7 +201,7 @@ def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record
 def _parse_jsonl(path: Path, classes: list[str], check: bool) -> tuple[list[Record], list]:
     records, problems = [], []
     with path.open(encoding="utf-8-sig") as f:
-        for line, text in enumerate(f, start=1):
+        for line, text in enumerate(_lines(path, f, check), start=1):
             if not text.strip():
                 continue
             try:
