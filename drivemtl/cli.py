@@ -14,12 +14,14 @@ import warnings
 from pathlib import Path
 
 from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from drivemtl.checkpoints import SafeCheckpointIO
+from drivemtl.console import hide_unactionable_messages, setup_console
 from drivemtl.data.datamodule import DriveDataModule
 from drivemtl.errors import DriveMTLError
 from drivemtl.module import MultiTaskModule
@@ -77,6 +79,59 @@ def with_safe_checkpoint_io(plugins) -> list:
     return [*plugins, SafeCheckpointIO()]
 
 
+def run_loggers(run_dir: Path, configured) -> list[Logger]:
+    """The loggers of a run: CSV and TensorBoard in the run folder, plus the configured ones.
+
+    ``configured`` is ``trainer.logger`` as instantiated: ``None`` / ``True`` (the defaults
+    only), one logger or a list (wandb, MLflow, ...: added to the defaults). A list that names
+    a ``CSVLogger`` or ``TensorBoardLogger`` lays out the logging itself and is used as given.
+    """
+    given = [] if configured in (None, True) else configured
+    given = list(given) if isinstance(given, (list, tuple)) else [given]
+    if any(isinstance(logger, (CSVLogger, TensorBoardLogger)) for logger in given):
+        return given
+    # name="" and version="": the files land in the run folder itself.
+    return [
+        CSVLogger(run_dir, name="", version=""),
+        TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False),
+        *given,
+    ]
+
+
+class RunTrainer(Trainer):
+    """Lightning's Trainer with one run folder, whatever the loggers.
+
+    Lightning writes ``config.yaml`` (and profiler reports) into ``log_dir``, the first
+    logger's folder: for wandb or MLflow not the run folder. Here ``log_dir`` is always
+    ``default_root_dir``, the folder the CLI creates and prints.
+    """
+
+    @property
+    def log_dir(self) -> str:
+        return self.default_root_dir
+
+
+def log_run_images(
+    trainer: Trainer, report: dict, run_dir: Path, stage: str, fitted: bool = False
+) -> None:
+    """Presence AP / F1 bars and, after a fit, its task-affinity map into the image loggers."""
+    from drivemtl.evaluation.plots import ap_f1_figure
+    from drivemtl.image_logging import figure_array, log_images, png_array
+
+    if not trainer.loggers:
+        return
+    images = {}
+    if "presence" in report:
+        images[f"{stage}/presence_ap_f1"] = figure_array(
+            ap_f1_figure(report["presence"]["per_class"])
+        )
+    affinity = run_dir / "task_affinity.png"
+    if fitted and affinity.is_file():
+        images["train/task_affinity"] = png_array(affinity)
+    if images:
+        log_images(trainer.loggers, images, step=trainer.global_step)
+
+
 class DriveCLI(LightningCLI):
     """LightningCLI with the class list linked once, one folder per run, and a closing report."""
 
@@ -93,6 +148,8 @@ class DriveCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
             add_predict_arguments(parser)
+        if subcommand in ("validate", "test"):
+            parser.set_defaults(verbose=False)  # the closing per-class table says it once
         return parser
 
     def parse_arguments(self, parser, args) -> None:
@@ -127,19 +184,22 @@ class DriveCLI(LightningCLI):
         run_dir = self._run_dir()
         kwargs["default_root_dir"] = str(run_dir)
         kwargs["plugins"] = with_safe_checkpoint_io(self._get(self.config_init, "trainer.plugins"))
+        logger = self._get(self.config_init, "trainer.logger")
+        # Our bars (manifests, synthetic data, inspection) follow Lightning's.
+        setup_console(bars=self._get(self.config_init, "trainer.enable_progress_bar") is not False)
+        hide_unactionable_messages()
+        if self.subcommand in ("validate", "test"):
+            # They save no checkpoint: that the loaded one's folder is not theirs is moot.
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
         if self.subcommand == "predict":
             # Predicting logs and saves nothing: keep the output folder to the outputs.
             kwargs["enable_checkpointing"] = False
-            if self._get(self.config_init, "trainer.logger") is None:
+            if logger is None:
                 kwargs["logger"] = False
             if self._get(self.config_init, "trainer.devices") == "auto":
                 kwargs["devices"] = 1  # one process writes one predictions.jsonl
-        elif self._get(self.config_init, "trainer.logger") in (None, True):
-            # name="" and version="": logs, config.yaml and checkpoints/ land in the run folder.
-            kwargs["logger"] = [
-                CSVLogger(run_dir, name="", version=""),
-                TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False),
-            ]
+        elif logger is not False:
+            kwargs["logger"] = run_loggers(run_dir, logger)
         # A copy: Lightning appends its default ModelCheckpoint to the configured list itself.
         configured = list(self._get(self.config_init, "trainer.callbacks") or [])
         trainer = super().instantiate_trainer(**kwargs)
@@ -159,6 +219,9 @@ class DriveCLI(LightningCLI):
             )
             last = ModelCheckpoint(filename="last", enable_version_counter=False)
             trainer.callbacks += [best, last]
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(run_dir / "checkpoints")  # not the first logger's folder
         return trainer
 
     def _get_ckpt(self) -> ModelCheckpoint | None:
@@ -210,6 +273,7 @@ class DriveCLI(LightningCLI):
             return
         report = self.model.reports.get(stage, {})
         path = write_metrics(report, run_dir / "metrics.json")
+        log_run_images(self.trainer, report, run_dir, stage, fitted=self.subcommand == "fit")
         print()
         print(format_report(report))
         print()
@@ -226,6 +290,7 @@ def run_lightning(args: list[str] | None) -> None:
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
+        trainer_class=RunTrainer,
     )
 
 

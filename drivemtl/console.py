@@ -19,12 +19,18 @@ PROGRESS_DELAY_S = 0.5
 """A bar appears only once its loop has run this long: short loops print nothing."""
 
 _quiet = False
+_bars = True
 
 
-def set_quiet(quiet: bool) -> None:
-    """Silence (or restore) progress bars and ``drivemtl`` info messages in this process."""
-    global _quiet
-    _quiet = bool(quiet)
+def set_quiet(quiet: bool, bars: bool = True) -> None:
+    """Silence (or restore) progress bars and ``drivemtl`` info messages in this process.
+
+    Args:
+        quiet: No bars and no info messages (warnings and errors still show).
+        bars: With ``quiet`` false, whether bars are drawn (``--trainer.enable_progress_bar``).
+    """
+    global _quiet, _bars
+    _quiet, _bars = bool(quiet), bool(bars)
     logging.getLogger("drivemtl").setLevel(logging.WARNING if is_quiet() else logging.INFO)
 
 
@@ -34,9 +40,9 @@ def is_quiet() -> bool:
 
 
 def progress_enabled() -> bool:
-    """Bars are drawn when not quiet and stderr is a terminal."""
+    """Bars are drawn when not quiet, not turned off, and stderr is a terminal."""
     isatty = getattr(sys.stderr, "isatty", None)
-    return not is_quiet() and bool(isatty and isatty())
+    return _bars and not is_quiet() and bool(isatty and isatty())
 
 
 def progress(iterable: Iterable | None = None, **kwargs):
@@ -64,8 +70,9 @@ class _ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_console(quiet: bool = False) -> None:
-    """Route ``drivemtl`` log records to stderr as plain lines (once), and set quietness.
+def setup_console(quiet: bool = False, bars: bool = True) -> None:
+    """Route ``drivemtl`` log records to stderr as plain lines (once), and set quietness
+    (see :func:`set_quiet`).
 
     Like Lightning's own logger, the handler is added only when the application configured
     no root handler; an application that did keeps full control of the records.
@@ -78,4 +85,39 @@ def setup_console(quiet: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
-    set_quiet(quiet)
+    set_quiet(quiet, bars)
+
+
+UNACTIONABLE_WARNINGS = (
+    # torch deprecates an API that Lightning itself calls (lightning/pytorch/utilities/_pytree).
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # Lightning's default seed; its info line "Seed set to 0" follows and says it all.
+    "No seed found, seed set to",
+)
+UNACTIONABLE_INFO = (
+    "💡 Tip: For seamless",  # Lightning's advertisements for its cloud services
+    "Loading `train_dataloader` to estimate number of stepping batches",
+)
+
+
+class _DropMessages(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(text.startswith(prefix) for prefix in UNACTIONABLE_INFO)
+
+
+def hide_unactionable_messages() -> None:
+    """Hide warnings and info lines of the libraries that a user of drivemtl cannot act on.
+
+    Warnings a user can act on (a small logging interval, a missing seed, a slow loader) stay.
+    """
+    import warnings
+
+    import lightning.pytorch  # noqa: F401  (points rank_zero_info at its logger)
+    import lightning_utilities.core.rank_zero as rank_zero_module
+
+    for message in UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    rank_zero = rank_zero_module.log  # the logger of Lightning's rank_zero_info
+    if not any(isinstance(f, _DropMessages) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropMessages())
