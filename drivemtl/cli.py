@@ -187,7 +187,6 @@ class DriveCLI(LightningCLI):
         logger = self._get(self.config_init, "trainer.logger")
         # Our bars (manifests, synthetic data, inspection) follow Lightning's.
         setup_console(bars=self._get(self.config_init, "trainer.enable_progress_bar") is not False)
-        hide_unactionable_messages()
         if self.subcommand in ("validate", "test"):
             # They save no checkpoint: that the loaded one's folder is not theirs is moot.
             warnings.filterwarnings("ignore", message="The dirpath has changed from")
@@ -284,6 +283,7 @@ class DriveCLI(LightningCLI):
 
 
 def run_lightning(args: list[str] | None) -> None:
+    hide_unactionable_messages()  # before LightningCLI seeds and builds the Trainer
     DriveCLI(
         MultiTaskModule,
         DriveDataModule,

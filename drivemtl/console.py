@@ -97,7 +97,10 @@ UNACTIONABLE_WARNINGS = (
 UNACTIONABLE_INFO = (
     "💡 Tip: For seamless",  # Lightning's advertisements for its cloud services
     "Loading `train_dataloader` to estimate number of stepping batches",
+    "`weights_only` was not set",  # Lightning's own save of a full checkpoint (LR finder)
 )
+_INFO_LOGGERS = ("lightning.pytorch.trainer.connectors.checkpoint_connector",)
+"""Loggers of Lightning's that emit them, besides ``rank_zero_info``'s."""
 
 
 class _DropMessages(logging.Filter):
@@ -118,6 +121,7 @@ def hide_unactionable_messages() -> None:
 
     for message in UNACTIONABLE_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    rank_zero = rank_zero_module.log  # the logger of Lightning's rank_zero_info
-    if not any(isinstance(f, _DropMessages) for f in rank_zero.filters):
-        rank_zero.addFilter(_DropMessages())
+    # rank_zero_module.log: the logger of Lightning's rank_zero_info.
+    for logger in (rank_zero_module.log, *map(logging.getLogger, _INFO_LOGGERS)):
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages())
