@@ -99,8 +99,11 @@ UNACTIONABLE_INFO = (
     "Loading `train_dataloader` to estimate number of stepping batches",
     "`weights_only` was not set",  # Lightning's own save of a full checkpoint (LR finder)
 )
-_INFO_LOGGERS = ("lightning.pytorch.trainer.connectors.checkpoint_connector",)
-"""Loggers of Lightning's that emit them, besides ``rank_zero_info``'s."""
+_INFO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",  # where Lightning points its rank_zero_info
+    "lightning.pytorch.trainer.connectors.checkpoint_connector",
+)
+"""Lightning's loggers that emit them (a logger's filters see only its own records)."""
 
 
 class _DropMessages(logging.Filter):
@@ -116,12 +119,8 @@ def hide_unactionable_messages() -> None:
     """
     import warnings
 
-    import lightning.pytorch  # noqa: F401  (points rank_zero_info at its logger)
-    import lightning_utilities.core.rank_zero as rank_zero_module
-
     for message in UNACTIONABLE_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    # rank_zero_module.log: the logger of Lightning's rank_zero_info.
-    for logger in (rank_zero_module.log, *map(logging.getLogger, _INFO_LOGGERS)):
+    for logger in map(logging.getLogger, _INFO_LOGGERS):
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages())
