@@ -1,4 +1,5 @@
-"""Command line: LightningCLI for fit / validate / test / predict, plus convert, evaluate, compare.
+"""Command line: LightningCLI for fit / validate / test / predict, plus convert, inspect,
+evaluate and compare.
 
 ``main(args=None)`` is what the ``drivemtl`` script and ``python -m drivemtl`` call; tests call it
 directly with a list of arguments.
