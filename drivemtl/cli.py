@@ -1,4 +1,5 @@
-"""Command line: LightningCLI for fit / validate / test / predict, plus convert, evaluate, compare.
+"""Command line: LightningCLI for fit / validate / test / predict, plus convert, inspect,
+evaluate and compare.
 
 ``main(args=None)`` is what the ``drivemtl`` script and ``python -m drivemtl`` call; tests call it
 directly with a list of arguments.
@@ -14,12 +15,14 @@ import warnings
 from pathlib import Path
 
 from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from drivemtl.checkpoints import SafeCheckpointIO
+from drivemtl.console import hide_unactionable_messages, setup_console
 from drivemtl.data.datamodule import DriveDataModule
 from drivemtl.errors import DriveMTLError
 from drivemtl.module import MultiTaskModule
@@ -86,6 +89,59 @@ class DriveArgumentParser(LightningArgumentParser):
         print(f"usage: {prog} [options]", file=file or sys.stderr)
 
 
+def run_loggers(run_dir: Path, configured) -> list[Logger]:
+    """The loggers of a run: CSV and TensorBoard in the run folder, plus the configured ones.
+
+    ``configured`` is ``trainer.logger`` as instantiated: ``None`` / ``True`` (the defaults
+    only), one logger or a list (wandb, MLflow, ...: added to the defaults). A list that names
+    a ``CSVLogger`` or ``TensorBoardLogger`` lays out the logging itself and is used as given.
+    """
+    given = [] if configured in (None, True) else configured
+    given = list(given) if isinstance(given, (list, tuple)) else [given]
+    if any(isinstance(logger, (CSVLogger, TensorBoardLogger)) for logger in given):
+        return given
+    # name="" and version="": the files land in the run folder itself.
+    return [
+        CSVLogger(run_dir, name="", version=""),
+        TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False),
+        *given,
+    ]
+
+
+class RunTrainer(Trainer):
+    """Lightning's Trainer with one run folder, whatever the loggers.
+
+    Lightning writes ``config.yaml`` (and profiler reports) into ``log_dir``, the first
+    logger's folder: for wandb or MLflow not the run folder. Here ``log_dir`` is always
+    ``default_root_dir``, the folder the CLI creates and prints.
+    """
+
+    @property
+    def log_dir(self) -> str:
+        return self.default_root_dir
+
+
+def log_run_images(
+    trainer: Trainer, report: dict, run_dir: Path, stage: str, fitted: bool = False
+) -> None:
+    """Presence AP / F1 bars and, after a fit, its task-affinity map into the image loggers."""
+    from drivemtl.evaluation.plots import ap_f1_figure
+    from drivemtl.image_logging import figure_array, log_images, png_array
+
+    if not trainer.loggers:
+        return
+    images = {}
+    if "presence" in report:
+        images[f"{stage}/presence_ap_f1"] = figure_array(
+            ap_f1_figure(report["presence"]["per_class"])
+        )
+    affinity = run_dir / "task_affinity.png"
+    if fitted and affinity.is_file():
+        images["train/task_affinity"] = png_array(affinity)
+    if images:
+        log_images(trainer.loggers, images, step=trainer.global_step)
+
+
 class DriveCLI(LightningCLI):
     """LightningCLI with the class list linked once, one folder per run, and a closing report."""
 
@@ -102,6 +158,8 @@ class DriveCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
             add_predict_arguments(parser)
+        if subcommand in ("validate", "test"):
+            parser.set_defaults(verbose=False)  # the closing per-class table says it once
         return parser
 
     def parse_arguments(self, parser, args) -> None:
@@ -143,19 +201,21 @@ class DriveCLI(LightningCLI):
         run_dir = self._run_dir()
         kwargs["default_root_dir"] = str(run_dir)
         kwargs["plugins"] = with_safe_checkpoint_io(self._get(self.config_init, "trainer.plugins"))
+        logger = self._get(self.config_init, "trainer.logger")
+        # Our bars (manifests, synthetic data, inspection) follow Lightning's.
+        setup_console(bars=self._get(self.config_init, "trainer.enable_progress_bar") is not False)
+        if self.subcommand in ("validate", "test"):
+            # They save no checkpoint: that the loaded one's folder is not theirs is moot.
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
         if self.subcommand == "predict":
             # Predicting logs and saves nothing: keep the output folder to the outputs.
             kwargs["enable_checkpointing"] = False
-            if self._get(self.config_init, "trainer.logger") is None:
+            if logger is None:
                 kwargs["logger"] = False
             if self._get(self.config_init, "trainer.devices") == "auto":
                 kwargs["devices"] = 1  # one process writes one predictions.jsonl
-        elif self._get(self.config_init, "trainer.logger") in (None, True):
-            # name="" and version="": logs, config.yaml and checkpoints/ land in the run folder.
-            kwargs["logger"] = [
-                CSVLogger(run_dir, name="", version=""),
-                TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False),
-            ]
+        elif logger is not False:
+            kwargs["logger"] = run_loggers(run_dir, logger)
         # A copy: Lightning appends its default ModelCheckpoint to the configured list itself.
         configured = list(self._get(self.config_init, "trainer.callbacks") or [])
         trainer = super().instantiate_trainer(**kwargs)
@@ -175,6 +235,9 @@ class DriveCLI(LightningCLI):
             )
             last = ModelCheckpoint(filename="last", enable_version_counter=False)
             trainer.callbacks += [best, last]
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(run_dir / "checkpoints")  # not the first logger's folder
         return trainer
 
     def _get_ckpt(self) -> ModelCheckpoint | None:
@@ -226,6 +289,7 @@ class DriveCLI(LightningCLI):
             return
         report = self.model.reports.get(stage, {})
         path = write_metrics(report, run_dir / "metrics.json")
+        log_run_images(self.trainer, report, run_dir, stage, fitted=self.subcommand == "fit")
         print()
         print(format_report(report))
         print()
@@ -236,6 +300,7 @@ class DriveCLI(LightningCLI):
 
 
 def run_lightning(args: list[str] | None) -> None:
+    hide_unactionable_messages()  # before LightningCLI seeds and builds the Trainer
     DriveCLI(
         MultiTaskModule,
         DriveDataModule,
@@ -244,6 +309,7 @@ def run_lightning(args: list[str] | None) -> None:
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
+        trainer_class=RunTrainer,
     )
 
 
@@ -262,10 +328,10 @@ def user_message(error: DriveMTLError) -> str:
     return trace[found.end() :].rstrip() if found else text
 
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "convert", "evaluate", "compare")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "convert", "inspect", "evaluate", "compare")
 
 USAGE = """\
-usage: drivemtl {fit,validate,test,predict,convert,evaluate,compare} ...
+usage: drivemtl {fit,validate,test,predict,convert,inspect,evaluate,compare} ...
 
 Multi-task learning on driving scenes (presence, detection, depth) with PyTorch Lightning.
 
@@ -275,6 +341,7 @@ subcommands (drivemtl <subcommand> --help for its options):
   test       metrics of a checkpoint on the test data (--ckpt_path)
   predict    predictions.jsonl (+ overlays, depth maps) for a folder of images
   convert    COCO, YOLO, VOC, BDD100K, KITTI or Cityscapes annotations -> manifest
+  inspect    check manifests before training: every file decoded, labels, box sizes, depth
   evaluate   score a predictions.jsonl against a manifest, per class
   compare    multi-task gain over single-task runs (Delta_m) from their metrics.json
 """
@@ -404,6 +471,10 @@ def _dispatch(argv: list[str], lightning_args: list[str] | None) -> int:
             from drivemtl.converters import main as convert
 
             return convert(argv[1:])
+        if argv[0] == "inspect":
+            from drivemtl.inspection import main as inspect
+
+            return inspect(argv[1:])
         if argv[0] == "evaluate":
             from drivemtl.evaluation import main as evaluate
 

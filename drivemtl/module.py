@@ -65,6 +65,9 @@ class MultiTaskModule(L.LightningModule):
         mean: Normalisation mean on the [0, 1] scale.
         std: Normalisation std.
         optimizer: Optimiser class and its arguments (default AdamW).
+        lr: Learning rate; when given it replaces the optimiser's own ``lr`` in every parameter
+            group. The attribute Lightning's ``LearningRateFinder`` tunes (``None``: the
+            optimiser's rate, e.g. ``optimizer.init_args.lr``).
         lr_scheduler: Scheduler class and its arguments; default: linear warm-up then cosine
             decay to zero over the whole run, stepped per batch.
         warmup_steps: Warm-up length of the default scheduler.
@@ -93,6 +96,7 @@ class MultiTaskModule(L.LightningModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr: float | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 50,
         channels_last: bool = True,
@@ -149,6 +153,7 @@ class MultiTaskModule(L.LightningModule):
             }
         )
         self.optimizer = optimizer
+        self.lr = lr
         self.lr_scheduler = lr_scheduler
         self.reports: dict[str, dict] = {}
         self._skipped_steps = 0
@@ -384,6 +389,9 @@ class MultiTaskModule(L.LightningModule):
             optimizer = self.optimizer([{"params": rest}, {"params": own, "weight_decay": 0.0}])
         else:
             optimizer = self.optimizer(self.parameters())
+        if self.lr is not None:  # before any scheduler records the initial rates
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr
         if self.lr_scheduler is not None:
             return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
         total = max(int(self.trainer.estimated_stepping_batches), 1)

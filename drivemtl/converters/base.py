@@ -32,6 +32,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from drivemtl.console import progress
 from drivemtl.converters.mapping import IGNORE, ClassMapping, normalize
 from drivemtl.data.io import displayed_size
 from drivemtl.data.labels import DEFAULT_CLASSES, UNKNOWN_TOKEN
@@ -433,7 +434,7 @@ def build_manifest(
 
     summary = Summary(source, classes, annotated)
     entries: list[dict] = []
-    for img in data.images:
+    for img in progress(data.images, desc=f"converting {source}", unit=" img"):
         entry = _convert_image(
             img, mapping, annotated, declared_keys, strict, options, base, report, summary
         )

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from drivemtl.console import setup_console
 from drivemtl.converters.base import MAX_PRINTED_PROBLEMS, ConvertOptions, problems_path
 from drivemtl.converters.bdd100k import convert_bdd100k
 from drivemtl.converters.cityscapes import convert_cityscapes
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--overwrite", action="store_true", help="replace an existing --out manifest"
     )
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
 
     parser = argparse.ArgumentParser(
         prog="drivemtl convert",
@@ -144,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed by argparse
         return int(e.code or 0)
+    setup_console(args.quiet)
     options = ConvertOptions(
         classes=args.classes,
         mapping=args.mapping,

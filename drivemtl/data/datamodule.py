@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -27,6 +28,8 @@ from drivemtl.data.labels import DEFAULT_CLASSES
 from drivemtl.data.manifest import Record, read_manifest, unique_records
 from drivemtl.data.transforms import build_transform, decode_size
 from drivemtl.errors import DriveMTLError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 MIN_IMAGE_SIDE = 32
@@ -92,6 +95,9 @@ class DriveDataModule(L.LightningDataModule):
             augmentation, so depth agrees with how near the cropped picture looks (off: the
             values are kept, and a model learns depth about 13-15 % too far with the
             default 60-100 % crops; see the README's Depth section).
+        inspect: Before the run, check the manifests of its splits as ``drivemtl inspect``
+            does (every image and depth map decoded): ``inspect.json`` and ``labels.png``
+            in the run folder, and a stop with every bad file listed before any step.
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class DriveDataModule(L.LightningDataModule):
         load_depth: bool = False,
         depth_scale: float = DEPTH_PNG_SCALE,
         depth_zoom_correction: bool = False,
+        inspect: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -152,7 +159,13 @@ class DriveDataModule(L.LightningDataModule):
         return self.cache_dir / f"synthetic-{digest}"
 
     def prepare_data(self) -> None:
-        """Generate the synthetic set once (rank 0 only; other ranks wait in ``setup``)."""
+        """Generate the synthetic set once and, with ``inspect``, check the manifests (rank 0
+        only; other ranks wait in ``setup``)."""
+        self._generate_synthetic()
+        if self.hparams.inspect:
+            self._inspect()
+
+    def _generate_synthetic(self) -> None:
         if not self.use_synthetic or (self.trainer is not None and self.trainer.predicting):
             return  # predict reads an image folder: nothing to generate
         from drivemtl.data.synthetic import SyntheticConfig, generate_dataset
@@ -172,7 +185,7 @@ class DriveDataModule(L.LightningDataModule):
             config = SyntheticConfig(
                 width=s.width, height=s.height, dropout=dropout, min_box_frac=s.min_object_size
             )
-            print(f"Generating {getattr(s, split)} synthetic {split} images into {target}")
+            log.info("Generating %d synthetic %s images into %s", getattr(s, split), split, target)
             generate_dataset(
                 partial,
                 getattr(s, split),
@@ -180,7 +193,7 @@ class DriveDataModule(L.LightningDataModule):
                 config=config,
                 classes=self.classes,
                 progress=True,
-                workers=_usable_cores(),
+                workers=usable_cores(),
             )
             try:
                 partial.rename(target)
@@ -188,6 +201,40 @@ class DriveDataModule(L.LightningDataModule):
                 if not (target / "manifest.jsonl").is_file():
                     raise
                 shutil.rmtree(partial, ignore_errors=True)
+
+    def _inspect(self) -> None:
+        """``data.inspect``: check the manifests of the running stage's splits, rank 0 only."""
+        from drivemtl.inspection import (
+            InspectSettings,
+            format_inspection,
+            inspect_manifests,
+            task_strides,
+            write_inspection,
+        )
+
+        stage = self.trainer.state.fn.value if self.trainer is not None else "fit"
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
+        manifests = [path for split in splits for path in self.manifest_paths(split)]
+        if not manifests:
+            return
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        settings = InspectSettings(
+            classes=tuple(self.classes),
+            image_size=self.image_size,
+            strides=task_strides(getattr(model, "tasks", {}).values()),
+            depth_scale=self.hparams.depth_scale,
+        )
+        inspection = inspect_manifests(manifests, settings, workers=usable_cores())
+        folder = self.trainer.default_root_dir if self.trainer is not None else "."
+        written = write_inspection(inspection, folder)
+        log.info("%s\n\nInspection: %s", format_inspection(inspection), written["json"])
+        if inspection.problems:
+            raise DriveMTLError(
+                f"data.inspect: {len(inspection.problems)} problem(s) would stop training "
+                f"(all listed in {written['problems']}); first:\n"
+                + "\n".join(f"  {p}" for p in inspection.problems[:20])
+                + "\nFix or remove these entries and run again."
+            )
 
     def manifest_paths(self, split: str) -> list[Path]:
         """The manifest files of a split (synthetic ones when no manifest is configured)."""
@@ -345,7 +392,7 @@ def _as_tuples(value):
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """CPU cores this process may run on (a container's limit, not the host's count)."""
     try:
         return len(os.sched_getaffinity(0))

@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from drivemtl.data.batch import Batch, Sample, collate
-from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS, load_depth, load_rgb_reduced
+from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS, load_rgb_reduced
+from drivemtl.data.io import load_depth as load_depth_map
 from drivemtl.data.labels import POSITIVE, UNKNOWN
 from drivemtl.data.manifest import Record
 from drivemtl.data.transforms import Resize, crop_zoom, seed_transform
@@ -23,6 +24,52 @@ from drivemtl.errors import DriveMTLError
 
 def _as_tensor_image(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def read_record(
+    record: Record,
+    load_depth: bool = True,
+    depth_scale: float = DEPTH_PNG_SCALE,
+    at_least: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    """Decode a record's image and, with ``load_depth``, its depth map, as training does.
+
+    Args:
+        record: The manifest entry.
+        load_depth: Decode its depth map too.
+        depth_scale: Units per metre of 16-bit depth PNGs.
+        at_least: Decode a JPEG at a reduced scale still this (height, width) large (see
+            :func:`~drivemtl.data.io.load_rgb_reduced`); never with a depth map, which must
+            match the decoded image.
+
+    Returns:
+        ``(image (h, w, 3) uint8, depth (h, w) metres or None, (H, W) of the whole image)``.
+
+    Raises:
+        DriveMTLError: Naming the manifest line when a file cannot be decoded or the depth
+            map is not the image's size.
+    """
+    with_depth = bool(load_depth and record.depth)
+    try:
+        image, full = load_rgb_reduced(record.image, None if with_depth else at_least)
+    except Exception as e:  # any decoder failure (OSError, a PNG's SyntaxError) is a bad file
+        reason = _read_error(str(record.image), e)
+        raise DriveMTLError(f"{record.source}: cannot read {record.image}: {reason}") from None
+    depth = None
+    if with_depth:
+        try:
+            depth = load_depth_map(record.depth, depth_scale)
+        except (OSError, ValueError) as e:
+            raise DriveMTLError(
+                f"{record.source}: cannot read depth map {record.depth}: {e}"
+            ) from None
+    height, width = full
+    if depth is not None and depth.shape != (height, width):
+        raise DriveMTLError(
+            f"{record.source}: depth map {record.depth} is {depth.shape[1]}x{depth.shape[0]}"
+            f" but the image is {width}x{height}; they must match."
+        )
+    return image, depth, full
 
 
 class ManifestDataset(Dataset):
@@ -67,25 +114,9 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
-        with_depth = self.load_depth and record.depth
-        try:
-            reduce = None if with_depth else self.decode_at_least
-            image, (height, width) = load_rgb_reduced(record.image, reduce)
-        except Exception as e:  # any decoder failure (OSError, a bad EXIF block, ...)
-            raise DriveMTLError(f"{record.source}: cannot read {record.image}: {e}") from None
-        depth = None
-        if with_depth:
-            try:
-                depth = load_depth(record.depth, self.depth_scale)
-            except (OSError, ValueError) as e:
-                raise DriveMTLError(
-                    f"{record.source}: cannot read depth map {record.depth}: {e}"
-                ) from None
-        if depth is not None and depth.shape != (height, width):
-            raise DriveMTLError(
-                f"{record.source}: depth map {record.depth} is {depth.shape[1]}x{depth.shape[0]}"
-                f" but the image is {width}x{height}; they must match."
-            )
+        image, depth, (height, width) = read_record(
+            record, self.load_depth, self.depth_scale, self.decode_at_least
+        )
         boxes = list(record.boxes or ())
         ignore = list(record.ignore)
         # Ignore regions ride along as boxes with label -1 so they move with the image.

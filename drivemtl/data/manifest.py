@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from math import isfinite
 from pathlib import Path
 
+from drivemtl.console import progress
 from drivemtl.data.io import displayed_size
 from drivemtl.data.labels import NEGATIVE, POSITIVE, UNKNOWN, UNKNOWN_TOKEN
 from drivemtl.errors import DriveMTLError
@@ -96,19 +97,40 @@ def read_manifest(
         ManifestError: Naming every bad line and its problem.
         DriveMTLError: When the manifest itself is missing or empty.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise DriveMTLError(f"Manifest {path} is a folder; give the .jsonl or .csv file.")
-    if not path.is_file():
-        raise DriveMTLError(f"Manifest not found: {path}. Check the path given in the data config.")
-    parse = _parse_csv if path.suffix.lower() == ".csv" else _parse_jsonl
-    records, problems = parse(path, list(classes), check_files)
+    records, problems = parse_manifest(path, classes, check_files)
     if problems:
         raise ManifestError(path, problems)
     if not records:
         raise DriveMTLError(f"Manifest {path} has no entries.")
     _warn_contradictions(records, classes)
     return records
+
+
+def parse_manifest(
+    path: str | Path, classes: Sequence[str], check_files: bool = True
+) -> tuple[list[Record], list[tuple[int, str]]]:
+    """:func:`read_manifest` without raising on bad entries: every good record and every
+    ``(line, problem)``, as ``drivemtl inspect`` reports them.
+
+    Raises:
+        DriveMTLError: When the manifest itself is missing or not UTF-8 text.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DriveMTLError(f"Manifest {path} is a folder; give the .jsonl or .csv file.")
+    if not path.is_file():
+        raise DriveMTLError(f"Manifest not found: {path}. Check the path given in the data config.")
+    parse = _parse_csv if path.suffix.lower() == ".csv" else _parse_jsonl
+    return parse(path, list(classes), check_files)
+
+
+def _lines(path: Path, lines: Iterable, check: bool) -> Iterable:
+    """``lines`` with a progress bar while files are checked (each one opens a file)."""
+    if not check:
+        return lines
+    with path.open("rb") as f:
+        total = sum(1 for _ in f)
+    return progress(lines, total=total, desc=f"reading {path.name}", unit=" lines")
 
 
 def _warn_contradictions(records: Sequence[Record], classes: Sequence[str]) -> None:
@@ -196,7 +218,7 @@ def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record
     records, problems = [], []
     base, manifest = str(path.parent), str(path)
     # read_lines: UTF-8 checked line by line, Excel's byte-order mark dropped.
-    reader = csv.reader(text for _, text in read_lines(path))
+    reader = csv.reader(text for _, text in _lines(path, read_lines(path), check))
     try:
         header = [h.strip() for h in next(reader, [])]
     except csv.Error as e:
@@ -235,7 +257,7 @@ def _parse_csv(path: Path, classes: list[str], check: bool) -> tuple[list[Record
 def _parse_jsonl(path: Path, classes: list[str], check: bool) -> tuple[list[Record], list]:
     records, problems = [], []
     parse = _EntryParser(path, classes, check)
-    for line, text in read_lines(path):
+    for line, text in _lines(path, read_lines(path), check):
         if not text.strip():
             continue
         try:

@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from drivemtl import console
 from drivemtl.data.labels import DEFAULT_CLASSES, UNKNOWN_TOKEN
 from drivemtl.data.manifest import write_manifest
 from drivemtl.errors import DriveMTLError
@@ -316,9 +317,9 @@ def generate_dataset(
             pool = stack.enter_context(multiprocessing.Pool(workers))
             entries = pool.imap(render, range(num_images), chunksize=16)  # keeps the order
         if progress:
-            from tqdm import tqdm
-
-            entries = tqdm(entries, total=num_images, desc="synthetic images", unit="img")
+            entries = console.progress(
+                entries, total=num_images, desc="synthetic images", unit=" img"
+            )
         entries = list(entries)
     return write_manifest(entries, out_dir / "manifest.jsonl")
 

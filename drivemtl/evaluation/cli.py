@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from drivemtl.console import setup_console
 from drivemtl.data.io import DEPTH_PNG_SCALE
 from drivemtl.errors import DriveMTLError
 from drivemtl.evaluation.evaluate import evaluate
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "it to match (default: from run.json beside the predictions)",
     )
     parser.add_argument("--no_plots", "--no-plots", action="store_true", help="skip the PNGs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     detection = parser.add_argument_group(
         "detection", "used when the manifest has boxes and the predictions have boxes"
     )
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``drivemtl evaluate``; returns the exit status (2 for bad input)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    setup_console(args.quiet)
     output_dir = args.output_dir or args.predictions.parent / "evaluation"
     try:
         result = evaluate(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from drivemtl.console import progress
 from drivemtl.data.io import DEPTH_PNG_SCALE, load_depth
 from drivemtl.data.manifest import Record
 from drivemtl.errors import DriveMTLError
@@ -98,7 +99,7 @@ def evaluate_depth(
         return None
     metric = DepthMetric(min_depth, max_depth)
     missing, problems = [], []
-    for p, r in with_truth:
+    for p, r in progress(with_truth, desc="scoring depth maps", unit=" img"):
         image = prediction_images[p]
         if image not in predicted:
             missing.append(image)

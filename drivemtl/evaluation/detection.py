@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from drivemtl.console import progress
 from drivemtl.data.manifest import Record
 from drivemtl.errors import DriveMTLError
 from drivemtl.metrics.detection import DEFAULT_SCORE_THRESHOLD, ImageBoxes, detection_report
@@ -127,7 +128,7 @@ def evaluate_detection(
         raise DriveMTLError(f"The box score threshold must be in [0, 1], got {threshold:g}.")
     index = {name: i for i, name in enumerate(classes)}
     images, missing = [], []
-    for p, r in annotated:
+    for p, r in progress(annotated, desc="matching boxes", unit=" img"):
         image = prediction_images[p]
         if image not in predicted:
             missing.append(image)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from drivemtl.console import progress
 from drivemtl.data.io import DEPTH_PNG_SCALE
 from drivemtl.data.manifest import Record, read_manifest
 from drivemtl.errors import DriveMTLError
@@ -215,7 +216,7 @@ def evaluate(
         scores, _, labels = presence
         per_class = report["presence"]["per_class"]
         figures["AP and F1 per class"] = plot_ap_f1(per_class, out / "ap_f1.png", classes)
-        for c, name in enumerate(classes):
+        for c, name in enumerate(progress(classes, desc="plotting", unit=" class")):
             figures[f"precision-recall curve of {name}"] = plot_pr_curve(
                 scores[:, c],
                 labels[:, c],

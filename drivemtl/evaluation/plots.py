@@ -67,6 +67,13 @@ def plot_pr_curve(scores: Tensor, labels: Tensor, metrics: dict, name: str, out:
 
 
 def plot_ap_f1(per_class: dict, out: Path, classes: Sequence[str] | None = None) -> Path:
+    """Grouped bars of AP and F1 per class (:func:`ap_f1_figure`) as a PNG."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ap_f1_figure(per_class, classes).savefig(out)
+    return out
+
+
+def ap_f1_figure(per_class: dict, classes: Sequence[str] | None = None) -> Figure:
     """Grouped bars of AP and F1 per class; an undefined value shows as "n/a"."""
     classes = list(classes or per_class)
     fig = Figure(figsize=(max(5.0, 1.2 * len(classes) + 2), 4), dpi=100)
@@ -91,6 +98,4 @@ def plot_ap_f1(per_class: dict, out: Path, classes: Sequence[str] | None = None)
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return fig

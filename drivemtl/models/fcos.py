@@ -121,6 +121,35 @@ class FCOSDetectionHead(nn.Module):
         return out
 
 
+def location_centres(cells: int, stride: int, device: torch.device | None = None) -> Tensor:
+    """Input-pixel coordinates of the cell centres along one axis of a stride-``stride`` map."""
+    return (torch.arange(cells, device=device, dtype=torch.float32) + 0.5) * stride
+
+
+def boxes_without_centre(boxes: Tensor, image_size: tuple[int, int], stride: int) -> Tensor:
+    """Which boxes contain no location centre of the stride-``stride`` map.
+
+    :func:`assign_targets` makes a location a candidate only when its centre lies strictly
+    inside the box; such boxes train only through its ``tiny_box_fallback``. The grid is a
+    product of two axes, so the test runs per axis (cheap for any number of boxes).
+
+    Args:
+        boxes: (M, 4) boxes (x1, y1, x2, y2) in network-input pixels.
+        image_size: Network input (height, width); a map has ``ceil(side / stride)`` cells.
+        stride: The level's stride.
+
+    Returns:
+        (M,) bool.
+    """
+    height, width = image_size
+    boxes = boxes.float()
+    xs = location_centres(math.ceil(width / stride), stride, boxes.device)
+    ys = location_centres(math.ceil(height / stride), stride, boxes.device)
+    in_x = ((xs[None] > boxes[:, 0:1]) & (xs[None] < boxes[:, 2:3])).any(dim=1)
+    in_y = ((ys[None] > boxes[:, 1:2]) & (ys[None] < boxes[:, 3:4])).any(dim=1)
+    return ~(in_x & in_y)
+
+
 def make_locations(
     sizes: Sequence[tuple[int, int]], strides: Sequence[int], device: torch.device | None = None
 ) -> tuple[Tensor, Tensor, list[int]]:
@@ -135,8 +164,7 @@ def make_locations(
     """
     anchors, location_strides, counts = [], [], []
     for (h, w), s in zip(sizes, strides):
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s
+        ys, xs = location_centres(h, s, device), location_centres(w, s, device)
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")
         centres = torch.stack([cx.reshape(-1), cy.reshape(-1)], dim=1)
         anchors.append(torch.cat([centres - s / 2, centres + s / 2], dim=1))
