@@ -98,3 +98,12 @@ def test_the_metadata_files_exist_and_the_version_has_one_source():
     assert re.fullmatch(r"\d+\.\d+\.\d+", drivemtl.__version__)
     tested = f"Programming Language :: Python :: {sys.version_info.major}.{sys.version_info.minor}"
     assert tested in project["classifiers"]
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    """The README's second quickstart command is what CI runs, character for character."""
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)\n```", quickstart, flags=re.S)
+    assert len(commands) == 2, commands  # install + demo, dev extras + tests
+    assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
