@@ -18,7 +18,8 @@ import tempfile
 import time
 import traceback
 
-import drivemtl.cli  # noqa: F401  (the imports every child shares)
+import drivemtl.cli  # noqa: F401
+import drivemtl.lightning_cli  # noqa: F401  (torch and Lightning: imported once, shared)
 
 PARALLEL = 2
 TIMEOUT_S = 300

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
@@ -107,3 +108,23 @@ def test_ci_runs_the_readme_test_command_verbatim():
     commands = re.findall(r"```bash\n(.*?)\n```", quickstart, flags=re.S)
     assert len(commands) == 2, commands  # install + demo, dev extras + tests
     assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+LIGHT = ["--help", "convert --help", "convert coco --help", "compare --help", "evaluate --help"]
+
+
+@pytest.mark.parametrize("argv", [*LIGHT, "inspect --help"])
+def test_light_commands_start_without_torch_or_lightning(argv):
+    """These answer in a fraction of a second: torch and Lightning are imported by the
+    commands that train or predict only."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from drivemtl.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    try: main({argv.split()!r})\n"
+        "    except SystemExit: pass\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'torchvision') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -15,6 +15,9 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEPTH_PNG_SCALE = 256.0
 """KITTI convention: uint16 PNG value = metres x 256, 0 = no measurement."""
+DEFAULT_MIN_DEPTH = 1e-3
+DEFAULT_MAX_DEPTH = 80.0
+"""The depth range scored by default, in metres (KITTI's evaluation caps at 80 m)."""
 
 MAX_PIXELS_ENV = "DRIVEMTL_MAX_IMAGE_PIXELS"
 """Largest image (width x height) decoded; 0 = no limit. Default: Pillow's limit."""

@@ -1,25 +1,29 @@
 """Offline evaluation: ``drivemtl evaluate`` scores any predictions.jsonl against a manifest.
 
 The numbers come from :func:`drivemtl.metrics.presence_report`, like ``drivemtl test``'s.
+Names load lazily, so ``drivemtl evaluate --help`` answers without importing torch.
 """
 
-from drivemtl.evaluation.cli import build_parser, main
-from drivemtl.evaluation.evaluate import Evaluation, evaluate, manifest_classes
-from drivemtl.evaluation.matching import MatchResult, manifest_image, match_images
-from drivemtl.evaluation.metrics import decision_threshold, presence_metrics
-from drivemtl.evaluation.predictions import Predictions, read_predictions
+from importlib import import_module
 
-__all__ = [
-    "Evaluation",
-    "MatchResult",
-    "Predictions",
-    "build_parser",
-    "decision_threshold",
-    "evaluate",
-    "main",
-    "manifest_classes",
-    "manifest_image",
-    "match_images",
-    "presence_metrics",
-    "read_predictions",
-]
+from drivemtl.evaluation.cli import build_parser, main
+
+_EXPORTS = {
+    "Evaluation": "drivemtl.evaluation.evaluate",
+    "evaluate": "drivemtl.evaluation.evaluate",
+    "manifest_classes": "drivemtl.evaluation.evaluate",
+    "MatchResult": "drivemtl.evaluation.matching",
+    "manifest_image": "drivemtl.evaluation.matching",
+    "match_images": "drivemtl.evaluation.matching",
+    "decision_threshold": "drivemtl.evaluation.metrics",
+    "presence_metrics": "drivemtl.evaluation.metrics",
+    "Predictions": "drivemtl.evaluation.predictions",
+    "read_predictions": "drivemtl.evaluation.predictions",
+}
+__all__ = [*_EXPORTS, "build_parser", "main"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'drivemtl.evaluation' has no attribute {name!r}")

@@ -8,11 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from drivemtl.console import setup_console
-from drivemtl.data.io import DEPTH_PNG_SCALE
+from drivemtl.data.io import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, DEPTH_PNG_SCALE
 from drivemtl.errors import DriveMTLError
-from drivemtl.evaluation.evaluate import evaluate
 from drivemtl.evaluation.report import matching_lines
-from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH
 from drivemtl.reporting import format_report, presence_table
 
 EXIT_BAD_INPUT = 2
@@ -102,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_console(args.quiet)
     output_dir = args.output_dir or args.predictions.parent / "evaluation"
     try:
+        from drivemtl.evaluation.evaluate import evaluate  # torch: after --help
+
         result = evaluate(
             args.predictions,
             args.manifest,

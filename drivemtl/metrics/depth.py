@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from drivemtl.data.io import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH
+
 METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
 """Column order of :func:`image_errors` and keys of the report (the metrics.json contract)."""
-DEFAULT_MIN_DEPTH = 1e-3
-DEFAULT_MAX_DEPTH = 80.0
 
 
 def image_errors(

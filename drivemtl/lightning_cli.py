@@ -1,0 +1,311 @@
+"""LightningCLI for fit / validate / test / predict: the run folder, safe checkpoint reads, loggers
+that add, and the closing report.
+
+Imported by :func:`drivemtl.cli.main` only for those four subcommands, so that ``convert``,
+``inspect``, ``evaluate``, ``compare`` and every ``--help`` but theirs start without torch and
+Lightning.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from drivemtl.checkpoints import SafeCheckpointIO
+from drivemtl.cli import RUN_DIR_ENV
+from drivemtl.console import hide_unactionable_messages, setup_console
+from drivemtl.data.datamodule import DriveDataModule
+from drivemtl.errors import DriveMTLError
+from drivemtl.module import MultiTaskModule
+from drivemtl.prediction import (
+    LIGHTNING_CKPT_NAMES,
+    PredictionWriter,
+    add_predict_arguments,
+    align_data_with_checkpoint,
+    build_writer,
+    check_predict_config,
+)
+from drivemtl.reporting import format_report, write_metrics
+
+
+def tasks_need_depth(tasks: dict | None) -> bool:
+    """Whether a ``model.tasks`` mapping names a task that trains on depth maps.
+
+    ``None`` is the module's default (presence only). An unknown name is left for the model
+    to report.
+    """
+    from drivemtl.tasks import TASKS
+
+    return any(getattr(TASKS.get(name), "needs_depth", False) for name in tasks or {})
+
+
+def warn_model_options_ignored(subcommand: str, section, argv) -> None:
+    """Warn that ``--model.*`` flags do nothing when a checkpoint defines the model.
+
+    Lightning rebuilds the model from the checkpoint's hyperparameters for validate, test and
+    predict, so a flag such as ``--model.backbone`` would otherwise be dropped without a word.
+    """
+    if subcommand == "fit" or not section.get("ckpt_path"):
+        return
+    given = sorted({str(a).split("=", 1)[0] for a in argv if str(a).startswith("--model.")})
+    if given:
+        rank_zero_warn(
+            f"{', '.join(given)} ignored: {subcommand} builds the model the checkpoint "
+            f"{section.get('ckpt_path')} describes (backbone, tasks and their options)."
+        )
+
+
+def with_safe_checkpoint_io(plugins) -> list:
+    """The configured trainer plugins, with every checkpoint read through the safe loader.
+
+    A user's own ``CheckpointIO`` plugin is refused: it would bypass the ``weights_only`` load.
+    """
+    plugins = [] if plugins is None else list(plugins if isinstance(plugins, list) else [plugins])
+    if any(isinstance(p, CheckpointIO) for p in plugins):
+        raise DriveMTLError(
+            "trainer.plugins: a CheckpointIO plugin is not supported; drivemtl reads every "
+            "checkpoint through its own safe loader (drivemtl.checkpoints)."
+        )
+    return [*plugins, SafeCheckpointIO()]
+
+
+class DriveArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser with a one-line usage on errors (not every option it has)."""
+
+    def print_usage(self, file=None) -> None:
+        prog = self.prog.replace(" [options]", "")
+        print(f"usage: {prog} [options]", file=file or sys.stderr)
+
+
+def run_loggers(run_dir: Path, configured) -> list[Logger]:
+    """The loggers of a run: CSV and TensorBoard in the run folder, plus the configured ones.
+
+    ``configured`` is ``trainer.logger`` as instantiated: ``None`` / ``True`` (the defaults
+    only), one logger or a list (wandb, MLflow, ...: added to the defaults). A list that names
+    a ``CSVLogger`` or ``TensorBoardLogger`` lays out the logging itself and is used as given.
+    """
+    given = [] if configured in (None, True) else configured
+    given = list(given) if isinstance(given, (list, tuple)) else [given]
+    if any(isinstance(logger, (CSVLogger, TensorBoardLogger)) for logger in given):
+        return given
+    # name="" and version="": the files land in the run folder itself.
+    return [
+        CSVLogger(run_dir, name="", version=""),
+        TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False),
+        *given,
+    ]
+
+
+class RunTrainer(Trainer):
+    """Lightning's Trainer with one run folder, whatever the loggers.
+
+    Lightning writes ``config.yaml`` (and profiler reports) into ``log_dir``, the first
+    logger's folder: for wandb or MLflow not the run folder. Here ``log_dir`` is always
+    ``default_root_dir``, the folder the CLI creates and prints.
+    """
+
+    @property
+    def log_dir(self) -> str:
+        return self.default_root_dir
+
+
+def log_run_images(
+    trainer: Trainer, report: dict, run_dir: Path, stage: str, fitted: bool = False
+) -> None:
+    """Presence AP / F1 bars and, after a fit, its task-affinity map into the image loggers."""
+    from drivemtl.evaluation.plots import ap_f1_figure
+    from drivemtl.image_logging import figure_array, log_images, png_array
+
+    if not trainer.loggers:
+        return
+    images = {}
+    if "presence" in report:
+        images[f"{stage}/presence_ap_f1"] = figure_array(
+            ap_f1_figure(report["presence"]["per_class"])
+        )
+    affinity = run_dir / "task_affinity.png"
+    if fitted and affinity.is_file():
+        images["train/task_affinity"] = png_array(affinity)
+    if images:
+        log_images(trainer.loggers, images, step=trainer.global_step)
+
+
+class DriveCLI(LightningCLI):
+    """LightningCLI with the class list linked once, one folder per run, and a closing report."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The class list and input size are configured once, in the data section.
+        parser.link_arguments("data.classes", "model.classes")
+        parser.link_arguments("data.image_size", "model.image_size")
+        # Depth maps are decoded only when a task trains on them, and the user never says so
+        # twice: the task list decides (also when it comes from a --ckpt_path).
+        parser.link_arguments("model.tasks", "data.load_depth", compute_fn=tasks_need_depth)
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        # LightningCLI has no per-subcommand hook; the output options belong to predict only.
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            add_predict_arguments(parser)
+        if subcommand in ("validate", "test"):
+            parser.set_defaults(verbose=False)  # the closing per-class table says it once
+        return parser
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then let a ``--ckpt_path`` supply the data section's classes and image size.
+
+        Lightning then reads the model's hyperparameters from the checkpoint; the linked
+        ``model.classes`` / ``model.image_size`` follow the data section, so it must agree.
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        section = self.config[subcommand]
+        defaults = self._subcommand_parsers[subcommand].get_defaults()
+        ckpt_path = section.get("ckpt_path")
+        if subcommand in ("validate", "test") and str(ckpt_path) in LIGHTNING_CKPT_NAMES:
+            # "best" / "last" name a checkpoint of the current fit; these commands run none.
+            raise DriveMTLError(
+                f"{subcommand} --ckpt_path {ckpt_path}: give --ckpt_path the checkpoint file, "
+                "e.g. RUN/checkpoints/best.ckpt."
+            )
+        align_data_with_checkpoint(section, defaults)
+        warn_model_options_ignored(subcommand, section, sys.argv[1:] if args is None else args)
+        if subcommand == "predict":
+            check_predict_config(section)  # before any model is built
+
+    def _run_dir(self) -> Path:
+        given = self._get(self.config, "trainer.default_root_dir")
+        if self.subcommand == "predict":
+            given = self._get(self.config, "output_dir") or given
+        if given:
+            return Path(given)
+        if RUN_DIR_ENV not in os.environ:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            os.environ[RUN_DIR_ENV] = str(Path("runs") / f"{self.subcommand}-{stamp}")
+        return Path(os.environ[RUN_DIR_ENV])
+
+    def instantiate_trainer(self, **kwargs):
+        run_dir = self._run_dir()
+        kwargs["default_root_dir"] = str(run_dir)
+        kwargs["plugins"] = with_safe_checkpoint_io(self._get(self.config_init, "trainer.plugins"))
+        logger = self._get(self.config_init, "trainer.logger")
+        # Our bars (manifests, synthetic data, inspection) follow Lightning's.
+        setup_console(bars=self._get(self.config_init, "trainer.enable_progress_bar") is not False)
+        if self.subcommand in ("validate", "test"):
+            # They save no checkpoint: that the loaded one's folder is not theirs is moot.
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
+        if self.subcommand == "predict":
+            # Predicting logs and saves nothing: keep the output folder to the outputs.
+            kwargs["enable_checkpointing"] = False
+            if logger is None:
+                kwargs["logger"] = False
+            if self._get(self.config_init, "trainer.devices") == "auto":
+                kwargs["devices"] = 1  # one process writes one predictions.jsonl
+        elif logger is not False:
+            kwargs["logger"] = run_loggers(run_dir, logger)
+        # A copy: Lightning appends its default ModelCheckpoint to the configured list itself.
+        configured = list(self._get(self.config_init, "trainer.callbacks") or [])
+        trainer = super().instantiate_trainer(**kwargs)
+        if trainer.checkpoint_callback and not any(
+            isinstance(c, ModelCheckpoint) for c in configured
+        ):
+            # Replace Lightning's default checkpointing by best.ckpt on our metric and a
+            # last.ckpt of every epoch (save_last=True would only write it with a new best).
+            trainer.callbacks[:] = [
+                c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)
+            ]
+            best = ModelCheckpoint(
+                monitor=self.model.monitor,
+                mode=self.model.monitor_mode,
+                filename="best",
+                enable_version_counter=False,
+            )
+            last = ModelCheckpoint(filename="last", enable_version_counter=False)
+            trainer.callbacks += [best, last]
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(run_dir / "checkpoints")  # not the first logger's folder
+        return trainer
+
+    def _get_ckpt(self) -> ModelCheckpoint | None:
+        """The first checkpoint callback: ours keeps the best on the monitored metric."""
+        return next((c for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+
+    def after_fit(self) -> None:
+        """Re-validate the best checkpoint, then write its metrics.json and print the table."""
+        checkpoint = self._get_ckpt()
+        best = checkpoint.best_model_path if checkpoint else ""
+        self.trainer.validate(
+            self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False
+        )
+        self._finish("val", best)
+
+    def after_validate(self) -> None:
+        self._finish("val", self._get(self.config, "ckpt_path") or "")
+
+    def after_test(self) -> None:
+        self._finish("test", self._get(self.config, "ckpt_path") or "")
+
+    def before_predict(self) -> None:
+        writer = build_writer(self.config[self.subcommand], self.trainer.default_root_dir)
+        self.trainer.callbacks.append(writer)
+
+    def predict(self, model, datamodule, return_predictions=None, **kwargs) -> None:
+        """Run prediction; the writer streams every batch to disk, so nothing is returned
+        (returned predictions would hold the whole folder's results in memory)."""
+        with warnings.catch_warnings():
+            # Checkpointing is off while predicting; the checkpoint's callback state is moot.
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
+            self.trainer.predict(model, datamodule=datamodule, return_predictions=False, **kwargs)
+
+    def after_predict(self) -> None:
+        """Print the closing summary; fail only when no image has a prediction."""
+        writer = next(c for c in self.trainer.callbacks if isinstance(c, PredictionWriter))
+        print()
+        print(writer.summary())
+        if writer.total_predicted() == 0:
+            raise DriveMTLError(
+                f"No image could be read: all {writer.stats.failed} failed "
+                f"(reasons in {writer.errors_path})."
+            )
+
+    def _finish(self, stage: str, checkpoint: str) -> None:
+        # log_dir is a collective call under DDP: every rank must ask, only rank 0 writes.
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if not self.trainer.is_global_zero:
+            return
+        report = self.model.reports.get(stage, {})
+        path = write_metrics(report, run_dir / "metrics.json")
+        log_run_images(self.trainer, report, run_dir, stage, fitted=self.subcommand == "fit")
+        print()
+        print(format_report(report))
+        print()
+        if checkpoint:
+            print(f"Checkpoint: {checkpoint}")
+        print(f"Metrics:    {path}")
+        print(f"Run folder: {run_dir}")
+
+
+def run_lightning(args: list[str] | None) -> None:
+    hide_unactionable_messages()  # before LightningCLI seeds and builds the Trainer
+    DriveCLI(
+        MultiTaskModule,
+        DriveDataModule,
+        parser_class=DriveArgumentParser,
+        parser_kwargs={"prog": "drivemtl"},  # not "__main__.py" under python -m drivemtl
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+        trainer_class=RunTrainer,
+    )
