@@ -8,7 +8,7 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from drivemtl.errors import DriveMTLError
-from drivemtl.models.backbones import Backbone, _layers, _split_stages
+from drivemtl.models.backbones import Backbone
 from drivemtl.models.sharing import (
     HardSharing,
     MixtureOfExperts,
@@ -16,6 +16,7 @@ from drivemtl.models.sharing import (
     SoftSharing,
     build_trunk,
 )
+from drivemtl.models.torchvision_backbones import _layers, _split_stages
 from drivemtl.module import MultiTaskModule
 
 TASKS = ["a", "b", "c"]
