@@ -81,7 +81,7 @@ def cut_stages(model: nn.Module) -> list[nn.Sequential]:
 def _check_stages(stages: list[nn.Module], channels: list[int], size: int = 64) -> None:
     """The stages give the channels and strides timm declares (a wrong cut would not)."""
     x = torch.zeros(1, 3, size, size)
-    modes = [m.training for m in stages]
+    modes = [(m, m.training) for stage in stages for m in stage.modules()]
     with torch.no_grad():
         for stage, stride, chs in zip(stages, STRIDES, channels):
             x = stage.eval()(x)
@@ -90,8 +90,8 @@ def _check_stages(stages: list[nn.Module], channels: list[int], size: int = 64) 
                     f"running its layers in sequence gives {tuple(x.shape)} at stride {stride}, "
                     f"not (1, {chs}, {size // stride}, {size // stride})"
                 )
-    for stage, mode in zip(stages, modes):
-        stage.train(mode)
+    for module, mode in modes:
+        module.training = mode
 
 
 def _model_name(name: str, weights: str | None) -> tuple[str, bool]:

@@ -72,7 +72,7 @@ def _named_weights(name: str, weights: str | None):
     try:
         return enum[weights]
     except KeyError:
-        known = ", ".join(["DEFAULT", *enum.__members__])
+        known = ", ".join(dict.fromkeys(["DEFAULT", *enum.__members__]))
         raise DriveMTLError(
             f"Unknown weights {weights!r} for {name}: give one of {known}, or the path of a "
             "local state-dict file."
