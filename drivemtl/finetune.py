@@ -152,9 +152,10 @@ def init_from_checkpoint(module: nn.Module, path: str, classes: list[str]) -> di
             reasons.append(f"{key}: {tuple(stored.shape)} there, {tuple(tensor.shape)} here")
         else:
             loaded.append(key)
-    if not loaded:
+    if not any(k.startswith("net.trunk.") for k in loaded):
         raise DriveMTLError(
-            f"{WHAT} {path}: no tensor fits this model (another backbone or sharing strategy?)."
+            f"{WHAT} {path}: no trunk tensor fits this model; it has another backbone or "
+            "sharing strategy (model.weights takes a backbone's own state dict)."
         )
     module.load_state_dict({k: state[k] for k in loaded}, strict=False)
     lines = [f"{WHAT} {path}: loaded {len(loaded)} tensors ({_summary(loaded)})"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,6 +158,7 @@ class MultiTaskModule(L.LightningModule):
             finetune.init_from_checkpoint(self, init_from, self.classes)
         finetune.freeze_stages(trunk, frozen)
         self._held_norm_stages = NUM_STAGES if freeze_bn_stats else frozen
+        self.train()  # Lightning trains in the mode a module is built in
         if self.objective.balancer.needs_gradient_norms and self._last_shared_layer() is None:
             raise DriveMTLError(
                 "model.balancing gradnorm needs a shared layer, and this network shares no "
@@ -280,6 +282,8 @@ class MultiTaskModule(L.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
+        if self._held_norm_stages:  # held batch norms are in eval mode on purpose
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         if stage == "fit" and self.objective.gradients is not None:
             self.objective.gradients.check()  # a missing solver stops fit before any step
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import timm
 import torch
@@ -20,21 +18,6 @@ TIMM_FAMILIES = ["tf_efficientnet_lite0", "resnet18", "convnext_nano"]
 
 def image(seed: int = 1, size: tuple[int, int] = (64, 96)) -> torch.Tensor:
     return torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every connection attempt fails, as on an offline machine (and fast: no hub retries)."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access disabled by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.mark.parametrize("name", TIMM_FAMILIES)
