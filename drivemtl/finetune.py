@@ -88,6 +88,8 @@ def parameter_groups(
     trainable = [p for p in model.parameters() if p.requires_grad]
     backbone = [p for p in trainable if id(p) in backbone_ids and id(p) not in own_ids]
     rest = [p for p in trainable if id(p) not in backbone_ids and id(p) not in own_ids]
+    if backbone_lr_scale == 1:  # one group, as without this option (resumable optimiser state)
+        backbone, rest = [], [p for p in trainable if id(p) not in own_ids]
     groups = [
         {"params": backbone, "lr_scale": backbone_lr_scale},
         {"params": rest},
