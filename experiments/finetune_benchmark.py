@@ -358,7 +358,7 @@ def main() -> None:
         "--weights", type=Path, default=SHARED / "weights/tf_efficientnet_lite0.pth"
     )
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "finetune_benchmark")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--arms", nargs="+", default=[*ARMS, "reference"])
     parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
