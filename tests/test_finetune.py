@@ -285,3 +285,15 @@ def test_the_backbone_learning_rate_is_scaled_and_frozen_stages_left_out():
     own = list(model.objective.parameters())
     assert own and all(groups[id(p)]["weight_decay"] == 0.0 for p in own)
     assert len(groups) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_without_a_backbone_scale_the_optimiser_has_one_group_as_before():
+    """Optimiser states of checkpoints written before this option still resume."""
+    model = MultiTaskModule(
+        backbone="resnet18",
+        optimizer=lambda params: torch.optim.AdamW(params, lr=0.01),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0),
+    )
+    (group,) = model.configure_optimizers()["optimizer"].param_groups
+    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]
+    assert group["lr"] == 0.01
