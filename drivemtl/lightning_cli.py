@@ -26,7 +26,7 @@ from drivemtl.cli import RUN_DIR_ENV
 from drivemtl.console import hide_unactionable_messages, setup_console
 from drivemtl.data.datamodule import DriveDataModule
 from drivemtl.errors import DriveMTLError
-from drivemtl.module import MultiTaskModule
+from drivemtl.module import NO_INITIAL_WEIGHTS, MultiTaskModule
 from drivemtl.prediction import (
     LIGHTNING_CKPT_NAMES,
     PredictionWriter,
@@ -183,6 +183,14 @@ class DriveCLI(LightningCLI):
         warn_model_options_ignored(subcommand, section, sys.argv[1:] if args is None else args)
         if subcommand == "predict":
             check_predict_config(section)  # before any model is built
+
+    def before_instantiate_classes(self) -> None:
+        """A ``--ckpt_path`` holds the trained weights: the model it rebuilds (validate,
+        test, predict, a resumed fit) reads no ``model.weights`` / ``model.init_from``."""
+        section = self.config.get(self.subcommand) if self.subcommand else None
+        if section is not None and section.get("ckpt_path"):
+            for key, value in NO_INITIAL_WEIGHTS.items():
+                section.model[key] = value
 
     def _run_dir(self) -> Path:
         given = self._get(self.config, "trainer.default_root_dir")

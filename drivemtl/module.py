@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,19 +13,22 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from drivemtl import finetune
 from drivemtl.checkpoints import check_state_fits, load_checkpoint
 from drivemtl.data.batch import Batch
 from drivemtl.data.labels import DEFAULT_CLASSES
 from drivemtl.errors import DriveMTLError
 from drivemtl.models.backbones import Backbone
-from drivemtl.models.net import IMAGENET_MEAN, IMAGENET_STD, MultiTaskNet
-from drivemtl.models.sharing import build_trunk
+from drivemtl.models.net import MultiTaskNet
+from drivemtl.models.sharing import NUM_STAGES, build_trunk
 from drivemtl.mtl.affinity import affinity_report, write_affinity
 from drivemtl.mtl.granularity import resolve_loss_weights, restrict_report, task_terms, term_losses
 from drivemtl.mtl.objective import build_objective
 from drivemtl.tasks import build_tasks
 
 EVAL_STAGES = ("val", "test")
+NO_INITIAL_WEIGHTS = {"weights": None, "init_from": None}
+"""Hyperparameters of a model rebuilt around a checkpoint's weights (nothing else to read)."""
 
 
 class MultiTaskModule(L.LightningModule):
@@ -35,8 +39,18 @@ class MultiTaskModule(L.LightningModule):
 
     Args:
         classes: Class names; linked from ``data.classes`` by the CLI.
-        backbone: Torchvision backbone name (resnet, mobilenet_v3, efficientnet, regnet, convnext).
-        weights: ``None`` (random init), a torchvision weights name, or a local state-dict file.
+        backbone: A torchvision name (resnet, mobilenet_v3, efficientnet, regnet, convnext)
+            or ``timm/<name>`` (any timm model with stride 4-32 feature maps).
+        weights: ``None`` (random init), a torchvision weights name or timm pretrained tag
+            (downloads), or a local ``.pth`` / ``.pt`` / ``.safetensors`` state dict. Read
+            once, when the model is built for training: a checkpoint holds the trained
+            weights and never needs this again.
+        init_from: A drivemtl checkpoint to start from (weights only): every tensor that
+            fits is loaded, heads only for the same class list; see :mod:`drivemtl.finetune`.
+        freeze: ``backbone`` or the number of leading backbone stages (0-4) not trained.
+        freeze_bn_stats: Keep every backbone batch-norm layer's running statistics (small
+            per-device batches); its scale and shift still train.
+        backbone_lr_scale: The backbone's learning rate relative to the optimiser's.
         tasks: ``{task name: {option: value}}``; the default trains presence only.
         sharing: ``{strategy: {option: value}}``, one of ``hard`` (default), ``partial``
             (``branch: {task: shared stages}``), ``soft`` (``weight``) or ``mmoe``
@@ -62,8 +76,9 @@ class MultiTaskModule(L.LightningModule):
             shared parameters (``train/cos/<a>~<b>``) and accumulate the task affinity written
             to ``task_affinity.json`` / ``.png`` at the end of fit; 0: off.
         image_size: Network input (height, width); linked from ``data.image_size``.
-        mean: Normalisation mean on the [0, 1] scale.
-        std: Normalisation std.
+        mean: Normalisation mean on the [0, 1] scale; ``None``: what the backbone's
+            (default) pretrained weights expect. The checkpoint stores the values used.
+        std: Normalisation std; ``None``: the backbone's, likewise.
         optimizer: Optimiser class and its arguments (default AdamW).
         lr: Learning rate; when given it replaces the optimiser's own ``lr`` in every parameter
             group. The attribute Lightning's ``LearningRateFinder`` tunes (``None``: the
@@ -84,6 +99,10 @@ class MultiTaskModule(L.LightningModule):
         classes: list[str] = list(DEFAULT_CLASSES),
         backbone: str = "resnet18",
         weights: str | None = None,
+        init_from: str | None = None,
+        freeze: int | Literal["backbone"] = 0,
+        freeze_bn_stats: bool = False,
+        backbone_lr_scale: float = 1.0,
         tasks: dict[str, dict | None] | None = None,
         sharing: dict[str, dict | None] | None = None,
         loss_weights: dict[str, float] | None = None,
@@ -93,8 +112,8 @@ class MultiTaskModule(L.LightningModule):
         gradients: str | dict[str, Any] | None = None,
         diagnose_every: int = 0,
         image_size: tuple[int, int] = (192, 320),
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -131,7 +150,12 @@ class MultiTaskModule(L.LightningModule):
         )
         """``(head, class)`` of a single-class baseline, whose reports and predictions keep
         that class only."""
-        trunk = build_trunk(sharing, Backbone(backbone, weights), list(self.tasks))
+        frozen = finetune.frozen_stage_count(freeze)
+        trunk_backbone = Backbone(backbone, weights)
+        # The values used travel in the checkpoint: a later default cannot change the model.
+        self.hparams["mean"] = mean = tuple(trunk_backbone.mean if mean is None else mean)
+        self.hparams["std"] = std = tuple(trunk_backbone.std if std is None else std)
+        trunk = build_trunk(sharing, trunk_backbone, list(self.tasks))
         try:
             heads = {n: t.build_head(trunk.channels, self.classes) for n, t in self.tasks.items()}
         except ValueError as e:
@@ -139,6 +163,11 @@ class MultiTaskModule(L.LightningModule):
         self.net = MultiTaskNet(trunk, heads, mean, std)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if init_from is not None:
+            finetune.init_from_checkpoint(self, init_from, self.classes)
+        finetune.freeze_stages(trunk, frozen)
+        self._held_norm_stages = NUM_STAGES if freeze_bn_stats else frozen
+        self.train()  # Lightning trains in the mode a module is built in
         if self.objective.balancer.needs_gradient_norms and self._last_shared_layer() is None:
             raise DriveMTLError(
                 "model.balancing gradnorm needs a shared layer, and this network shares no "
@@ -182,7 +211,8 @@ class MultiTaskModule(L.LightningModule):
         stored = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}
         # LightningCLI stores its instantiator; the hyperparameters themselves are plain data.
         hparams = {k: v for k, v in stored.items() if not k.startswith("_")}
-        model = cls(**{**hparams, **kwargs})
+        # The state dict holds every trained tensor: initial weights are never read again.
+        model = cls(**{**hparams, **NO_INITIAL_WEIGHTS, **kwargs})
         model.on_load_checkpoint({**checkpoint, "_source": str(checkpoint_path)})
         model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
         return model
@@ -280,7 +310,17 @@ class MultiTaskModule(L.LightningModule):
         )
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=self._batch_size)
 
+    def train(self, mode: bool = True) -> MultiTaskModule:
+        """Train mode, except for the batch-norm layers whose statistics are held."""
+        super().train(mode)
+        held = getattr(self, "_held_norm_stages", 0)  # 0 while __init__ runs
+        if mode and held:
+            finetune.hold_norm_statistics(self.net.trunk, held)
+        return self
+
     def setup(self, stage: str) -> None:
+        if self._held_norm_stages:  # held batch norms are in eval mode on purpose
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         if stage == "fit" and self.objective.gradients is not None:
             self.objective.gradients.check()  # a missing solver stops fit before any step
 
@@ -310,6 +350,15 @@ class MultiTaskModule(L.LightningModule):
         checkpoint["random_state"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["random_state"]["cuda"] = torch.cuda.get_rng_state_all()
+        # The trained weights are inside: rebuilding this model (validate, test, predict,
+        # resume) must not read, download or need the initial ones again. Where they came
+        # from is kept apart, as a record.
+        hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
+        if isinstance(hparams, dict):
+            record = {k: hparams.get(k) for k in NO_INITIAL_WEIGHTS if hparams.get(k)}
+            if record:
+                checkpoint["initialised_from"] = record
+            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = {**hparams, **NO_INITIAL_WEIGHTS}
         if self.objective.affinity is not None:
             checkpoint["task_affinity"] = self.objective.affinity.state_dict()
 
@@ -381,17 +430,15 @@ class MultiTaskModule(L.LightningModule):
         return rows
 
     def configure_optimizers(self):
-        own = list(self.objective.parameters())  # uncertainty's log-variances
-        if own:
-            ids = {id(p) for p in own}
-            rest = [p for p in self.parameters() if id(p) not in ids]
-            # No weight decay: it would pull every task weight towards 1.
-            optimizer = self.optimizer([{"params": rest}, {"params": own, "weight_decay": 0.0}])
-        else:
-            optimizer = self.optimizer(self.parameters())
+        own = self.objective.parameters()  # uncertainty's log-variances
+        groups = finetune.parameter_groups(
+            self, self.net.trunk, own, self.hparams.backbone_lr_scale
+        )
+        optimizer = self.optimizer(groups)
         if self.lr is not None:  # before any scheduler records the initial rates
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
+        finetune.scale_learning_rates(optimizer)
         if self.lr_scheduler is not None:
             return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
         total = max(int(self.trainer.estimated_stepping_batches), 1)

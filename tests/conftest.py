@@ -76,3 +76,26 @@ def one_thread_for_tiny_models(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection attempt fails, as on an offline machine (and at once: no hub retries)."""
+    import socket
+
+    import huggingface_hub.constants
+
+    connect = socket.socket.connect
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access disabled by the test")
+
+    def local_only(sock, address):  # loader workers talk over Unix sockets
+        if sock.family != socket.AF_UNIX:
+            refuse()
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

@@ -44,10 +44,15 @@ def _run_ddp(args: list[str]) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_two_processes_match_one(tmp_path, tiny_presence_set):
+@pytest.mark.parametrize("backbone", ["resnet18", "timm/tf_efficientnet_lite0"])
+def test_two_processes_match_one(tmp_path, tiny_presence_set, backbone):
     train = tiny_presence_set("train", 32, seed=1, unknown_rate=0.2)
     val = tiny_presence_set("val", 37, seed=2, unknown_rate=0.1)
-    data = [f"--data.train_manifest={train}", f"--data.val_manifest={val}"]
+    data = [
+        f"--data.train_manifest={train}",
+        f"--data.val_manifest={val}",
+        f"--model.backbone={backbone}",
+    ]
 
     one = tmp_path / "one"
     assert (

@@ -8,7 +8,7 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from drivemtl.errors import DriveMTLError
-from drivemtl.models.backbones import Backbone, _layers, _split_stages
+from drivemtl.models.backbones import Backbone
 from drivemtl.models.sharing import (
     HardSharing,
     MixtureOfExperts,
@@ -16,9 +16,11 @@ from drivemtl.models.sharing import (
     SoftSharing,
     build_trunk,
 )
+from drivemtl.models.torchvision_backbones import _layers, _split_stages
 from drivemtl.module import MultiTaskModule
 
 TASKS = ["a", "b", "c"]
+DET32 = {"levels": [3, 4, 5]}
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +151,16 @@ def test_bad_sharing_options_name_the_problem(backbone, spec, message):
         build_trunk(spec, backbone, ["a", "b"])
 
 
+def _mean_of(output) -> torch.Tensor:
+    """The sum of the means of every tensor in a head's output (a tensor, dict or list)."""
+    if isinstance(output, torch.Tensor):
+        return output.float().mean()
+    if isinstance(output, (dict, list, tuple)):
+        values = output.values() if isinstance(output, dict) else output
+        return sum(_mean_of(v) for v in values)
+    return 0.0  # metadata such as the detection levels' sizes
+
+
 @pytest.mark.parametrize(
     "sharing",
     [
@@ -158,16 +170,25 @@ def test_bad_sharing_options_name_the_problem(backbone, spec, message):
         {"mmoe": {"experts": 2}},
     ],
 )
-def test_every_parameter_gets_a_gradient_with_two_heads(sharing):
+@pytest.mark.parametrize(
+    "backbone, tasks",
+    [
+        ("mobilenet_v3_small", {"presence": {}, "depth": {}}),
+        # Detection up to stride 32: with partial sharing it alone reaches the last stage.
+        ("timm/tf_efficientnet_lite0", {"presence": {}, "depth": {}, "detection": DET32}),
+        ("timm/resnet18", {"presence": {}, "depth": {}, "detection": DET32}),
+    ],
+)
+def test_every_parameter_gets_a_gradient_with_two_heads(sharing, backbone, tasks):
     """No unused parameter: DDP needs every parameter in the graph of the loss."""
     model = MultiTaskModule(
-        backbone="mobilenet_v3_small",
-        tasks={"presence": {}, "depth": {}},
+        backbone=backbone,
+        tasks=tasks,
         sharing=sharing,
         image_size=(64, 96),
     )
     outputs = model(torch.randint(0, 255, (2, 3, 64, 96), dtype=torch.uint8))
-    loss = sum(o.float().mean() for o in outputs.values()) + model.net.sharing_penalty()
+    loss = sum(_mean_of(o) for o in outputs.values()) + model.net.sharing_penalty()
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []

@@ -1,127 +1,87 @@
-"""Torchvision backbones by name, as multi-scale feature extractors (strides 4, 8, 16, 32)."""
+"""Backbones by name, from a registry of providers, as four feature stages (strides 4-32).
+
+``model.backbone`` is ``<provider>/<name>`` or a plain torchvision name:
+
+- ``resnet18``, ``torchvision/convnext_tiny``: torchvision classifiers
+  (:mod:`drivemtl.models.torchvision_backbones`);
+- ``timm/tf_efficientnet_lite0``, ``timm/resnet50d``: timm models
+  (:mod:`drivemtl.models.timm_backbones`).
+
+A provider builds the classifier, loads ``weights`` into it (its own named weights or tags, or
+a local state-dict file), cuts it into four stages and says which normalisation its weights
+expect. A new source of backbones is one class with ``build`` and ``names`` and one entry in
+:data:`PROVIDERS`.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Protocol
 
 import torch
-import torchvision
 from torch import nn
 
-from drivemtl.checkpoints import load_checkpoint
 from drivemtl.errors import DriveMTLError
+from drivemtl.models.timm_backbones import TimmBackbones
+from drivemtl.models.torchvision_backbones import TorchvisionBackbones
 
-SUPPORTED_FAMILIES = (
-    "resnet",
-    "resnext",
-    "wide_resnet",
-    "mobilenet_v3",
-    "efficientnet",
-    "regnet",
-    "convnext",
-)
+Stats = tuple[float, float, float]
 
 
-def _family(name: str) -> str:
-    for family in SUPPORTED_FAMILIES:
-        if name.startswith(family):
-            return family
-    raise DriveMTLError(
-        f"Unsupported backbone {name!r}: use a torchvision model of the families "
-        f"{', '.join(SUPPORTED_FAMILIES)} (e.g. resnet18, mobilenet_v3_large, efficientnet_b0, "
-        "regnet_y_400mf, convnext_tiny)."
-    )
+class BackboneProvider(Protocol):
+    def build(self, name: str, weights: str | None) -> tuple[list[nn.Module], Stats, Stats]:
+        """The four stages, and the normalisation mean and std ([0, 1] scale)."""
+
+    def names(self) -> list[str]:
+        """The backbone names this provider offers."""
 
 
-def available_backbones() -> list[str]:
-    """Torchvision classification models usable as a backbone."""
-    names = torchvision.models.list_models(module=torchvision.models)
-    return sorted(n for n in names if n.startswith(SUPPORTED_FAMILIES))
+PROVIDERS: dict[str, BackboneProvider] = {
+    "torchvision": TorchvisionBackbones(),
+    "timm": TimmBackbones(),
+}
+DEFAULT_PROVIDER = "torchvision"
 
 
-def _layers(name: str, model: nn.Module) -> list[nn.Module]:
-    """The classifier's feature layers in forward order (pooling and classifier left out)."""
-    family = _family(name)
-    if family in ("resnet", "resnext", "wide_resnet"):
-        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-        return [getattr(model, n) for n in names]
-    if family == "regnet":
-        return [model.stem, *model.trunk_output]
-    return list(model.features)  # mobilenet_v3, efficientnet, convnext
-
-
-def _split_stages(layers: list[nn.Module]) -> list[nn.Sequential]:
-    """Cut the layers into four stages that end at strides 4, 8, 16 and 32.
-
-    Probing the output size after each layer finds the cuts for every family alike; a stage
-    ends at the last layer of its stride, so stride-changing layers open the next stage.
-    """
-    size, x = 64, torch.zeros(1, 3, 64, 64)
-    last_at_size: dict[int, int] = {}
-    with torch.no_grad():
-        for i, layer in enumerate(layers):
-            was_training = layer.training
-            x = layer.eval()(x)
-            layer.train(was_training)
-            last_at_size[x.shape[-1]] = i
-    ends = [last_at_size[size // stride] for stride in (4, 8, 16, 32)]
-    starts = [0] + [e + 1 for e in ends[:-1]]
-    return [nn.Sequential(*layers[a : b + 1]) for a, b in zip(starts, ends)]
-
-
-def _load_weights(name: str, weights: str | None) -> nn.Module:
-    if weights is None:
-        return torchvision.models.get_model(name, weights=None)
-    if Path(weights).is_file():
-        model = torchvision.models.get_model(name, weights=None)
-        state = load_checkpoint(weights, "model.weights file")
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        # Classifier layers do not matter for a backbone; everything else must match.
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(("fc.", "classifier."))]
-        if missing or unexpected:
-            raise DriveMTLError(
-                f"Weights file {weights} does not fit backbone {name}: "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})."
-            )
-        return model
-    try:
-        return torchvision.models.get_model(name, weights=weights)
-    except (ValueError, KeyError) as e:
+def split_name(spec: str) -> tuple[str, str]:
+    """``(provider, name)`` of a ``model.backbone`` value."""
+    provider, slash, name = str(spec).partition("/")
+    if not slash:
+        return DEFAULT_PROVIDER, spec
+    if provider not in PROVIDERS or not name:
         raise DriveMTLError(
-            f"Unknown weights {weights!r} for {name}: give a torchvision weights name such as "
-            f"'DEFAULT' or 'IMAGENET1K_V1', or the path of a local state-dict file ({e})."
-        ) from None
-    except OSError as e:  # URLError is an OSError: no network.
-        raise DriveMTLError(
-            f"Could not download weights {weights!r} for {name} ({e}). Download them on a "
-            "machine with network access and pass the local file path as 'weights'."
-        ) from None
+            f"model.backbone {spec!r}: use <provider>/<name> with a provider of "
+            f"{sorted(PROVIDERS)} (e.g. timm/tf_efficientnet_lite0), or a torchvision name."
+        )
+    return provider, name
+
+
+def available_backbones(provider: str = DEFAULT_PROVIDER) -> list[str]:
+    """Names a provider offers as ``model.backbone``."""
+    return PROVIDERS[provider].names()
 
 
 class Backbone(nn.Module):
-    """A torchvision classifier cut into four feature stages (strides 4, 8, 16, 32).
+    """A classifier cut into four feature stages (strides 4, 8, 16, 32).
 
     The stages are plain modules in :attr:`stages`, so sharing strategies can share the first
     ones between tasks and copy the rest.
 
     Args:
-        name: Torchvision model name, e.g. ``resnet18``.
-        weights: ``None`` (random init), a torchvision weights name, or a local state-dict file.
+        name: ``resnet18``, ``torchvision/<name>`` or ``timm/<name>``.
+        weights: ``None`` (random init), the provider's weights name or tag (downloads), or a
+            local state-dict file (``.pth``, ``.pt``, ``.safetensors``).
 
     Attributes:
         channels: Channels of the four stages, from stride 4 to stride 32.
+        mean: Normalisation mean that the (default) pretrained weights expect, [0, 1] scale.
+        std: Normalisation std, likewise.
     """
 
     def __init__(self, name: str = "resnet18", weights: str | None = None):
         super().__init__()
-        _family(name)
-        try:
-            model = _load_weights(name, weights)
-        except ValueError as e:
-            raise DriveMTLError(f"Unknown backbone {name!r}: {e}") from None
-        self.stages = nn.ModuleList(_split_stages(_layers(name, model)))
+        provider, model_name = split_name(name)
+        stages, self.mean, self.std = PROVIDERS[provider].build(model_name, weights)
+        self.stages = nn.ModuleList(stages)
         with torch.no_grad():
             features = self.eval()(torch.zeros(1, 3, 64, 64))
         self.train()

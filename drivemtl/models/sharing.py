@@ -56,6 +56,11 @@ class Trunk(nn.Module, ABC):
         """A regulariser added to the training loss; zero unless the strategy ties copies."""
         return next(self.parameters()).new_zeros(())
 
+    @abstractmethod
+    def backbone_stages(self) -> list[tuple[int, nn.Module]]:
+        """Every backbone stage module of the trunk, copies included, with its index 0-3
+        (what fine-tuning freezes or trains at a smaller learning rate)."""
+
 
 class HardSharing(Trunk):
     """One backbone, run once, whose features feed every head."""
@@ -70,6 +75,9 @@ class HardSharing(Trunk):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())
+
+    def backbone_stages(self) -> list[tuple[int, nn.Module]]:
+        return list(enumerate(self.backbone.stages))
 
 
 class PartialSharing(Trunk):
@@ -121,6 +129,14 @@ class PartialSharing(Trunk):
         reached_by_all = min(self.branch.values())
         return [p for stage in self.shared[:reached_by_all] for p in stage.parameters()]
 
+    def backbone_stages(self) -> list[tuple[int, nn.Module]]:
+        private = [
+            (k + j, stage)
+            for task, k in self.branch.items()
+            for j, stage in enumerate(self.private[task])
+        ]
+        return list(enumerate(self.shared)) + private
+
 
 class SoftSharing(Trunk):
     """One backbone per task; ``weight`` times the summed squared distance of every pair.
@@ -143,6 +159,9 @@ class SoftSharing(Trunk):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return []
+
+    def backbone_stages(self) -> list[tuple[int, nn.Module]]:
+        return [(i, s) for net in self.backbones.values() for i, s in enumerate(net.stages)]
 
     def penalty(self) -> Tensor:
         nets = list(self.backbones.values())
@@ -210,6 +229,11 @@ class MixtureOfExperts(Trunk):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.stem.parameters()) + list(self.experts.parameters())
+
+    def backbone_stages(self) -> list[tuple[int, nn.Module]]:
+        n = len(self.stem)
+        copies = [(n + j, stage) for expert in self.experts for j, stage in enumerate(expert)]
+        return list(enumerate(self.stem)) + copies
 
 
 SHARING: dict[str, type[Trunk]] = {
