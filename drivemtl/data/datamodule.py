@@ -323,7 +323,7 @@ class DriveDataModule(L.LightningDataModule):
         if self.shuffle_generator is not None:
             state["shuffle_generator"] = self.shuffle_generator.get_state()
         transform = getattr(self.datasets.get("train"), "transform", None)
-        if transform is not None:
+        if hasattr(transform, "random_generator"):  # augmenting (not data.augment: false)
             state["augment_numpy"] = transform.random_generator.bit_generator.state
             state["augment_python"] = transform.py_random.getstate()
         return state
@@ -335,7 +335,7 @@ class DriveDataModule(L.LightningDataModule):
                 self.shuffle_generator = torch.Generator()
             self.shuffle_generator.set_state(state["shuffle_generator"])
         transform = getattr(self.datasets.get("train"), "transform", None)
-        if transform is not None and "augment_numpy" in state:
+        if hasattr(transform, "random_generator") and "augment_numpy" in state:
             # In place: the pipeline's steps share these generator objects.
             transform.random_generator.bit_generator.state = state["augment_numpy"]
             transform.py_random.setstate(_as_tuples(state["augment_python"]))
