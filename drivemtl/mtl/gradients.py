@@ -175,6 +175,8 @@ def build_gradient_method(spec: str | Mapping[str, Any] | None) -> GradientMetho
     method, options = parse_spec(spec, "model.gradients")
     if method in (None, "none", "sum"):
         return None
+    if True in options:  # YAML 1.1 (PyYAML, jsonargparse) reads the key `on` as the boolean true
+        options.setdefault("on", options.pop(True))
     on = str(options.pop("on", "parameters")).lower()
     if on not in LEVELS:
         raise DriveMTLError(

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from drivemtl.errors import DriveMTLError
 from drivemtl.mtl.balancing import FixedWeights
@@ -258,6 +259,9 @@ def test_bad_gradient_specs_are_clear_errors():
     with pytest.raises(DriveMTLError, match="scale_mode must be"):
         build_gradient_method({"method": "aligned_mtl", "scale_mode": "max"})
     assert build_gradient_method({"method": "MGDA", "on": "Features"}).key == "mgda@features"
+    # YAML 1.1 reads the key `on` as true: `{method: mgda, on: features}` still means it.
+    spec = yaml.safe_load("{method: mgda, on: features}")
+    assert True in spec and build_gradient_method(spec).on == "features"
 
 
 def test_a_missing_solver_stops_fit_but_not_loading(monkeypatch):
