@@ -217,7 +217,7 @@ class MultiTaskModule(L.LightningModule):
         return shared, [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        with capture_features(self.net.trunk, self.objective.wants_features) as features:
+        with capture_features(self.net.trunk, self.objective.wants_features) as representation:
             outputs = self(batch.images)
         losses = term_losses(self.terms, self.tasks, outputs, batch)
         gradnorm = self.objective.balancer.needs_gradient_norms
@@ -227,7 +227,7 @@ class MultiTaskModule(L.LightningModule):
             step=self.trainer.global_step,
             layer=self._last_shared_layer() if gradnorm else None,
             loss_scale=self._loss_scale() if gradnorm else 1.0,
-            features=features or None,
+            representation=representation,
         )
         self._batch_size = len(batch)
         logs = {}

@@ -47,6 +47,7 @@ from drivemtl.errors import DriveMTLError
 from drivemtl.mtl.affinity import TaskAffinity
 from drivemtl.mtl.balancing import Balancer, FixedWeights, build_balancer
 from drivemtl.mtl.distributed import all_reduce_mean, all_reduce_sum, world_size
+from drivemtl.mtl.forward import Representation
 from drivemtl.mtl.gradients import GradientMethod, build_gradient_method
 
 
@@ -59,7 +60,7 @@ class _Step:
     weights: Tensor
     jacobian: bool
     diagnose: bool
-    features: list[Tensor] | None
+    representation: Representation | None
 
 
 class MultiTaskObjective(nn.Module):
@@ -115,7 +116,7 @@ class MultiTaskObjective(nn.Module):
         step: int = 0,
         layer: Tensor | None = None,
         loss_scale: float = 1.0,
-        features: Sequence[Tensor] | None = None,
+        representation: Representation | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The training loss of one batch.
 
@@ -125,7 +126,8 @@ class MultiTaskObjective(nn.Module):
             step: The optimiser step, for ``diagnose_every``.
             layer: The last shared layer's weight (GradNorm only).
             loss_scale: The fp16 gradient scaler's current scale (1 without one).
-            features: The shared feature maps every head reads (representation-level methods).
+            representation: The shared feature maps, cut between the trunk and the heads
+                (:func:`~drivemtl.mtl.forward.capture_features`; representation-level methods).
 
         Returns:
             The loss, and ``{"weight/<task>": weight}`` to log (when no gradient method is set;
@@ -141,8 +143,8 @@ class MultiTaskObjective(nn.Module):
             means, global_counts = self._global_means(losses)
         else:
             global_counts = counts
-        if self.wants_features and features is None:
-            raise ValueError(f"{self.gradients.key} needs the shared feature maps (features=...)")
+        if self.wants_features and representation is None:
+            raise ValueError(f"{self.gradients.key} needs the shared representation")
 
         scaled, idle = {}, []
         for name, count, total in zip(names, counts, global_counts):
@@ -173,9 +175,11 @@ class MultiTaskObjective(nn.Module):
             total_loss = torch.tensor(float(total_loss))
 
         diagnose = self.affinity is not None and len(scaled) > 1 and step % self.diagnose_every == 0
-        jacobian = bool(scaled) and (self.gradients is not None or diagnose)
-        shared = list(features) if jacobian and self.wants_features else None
-        self._pending = _Step(terms, penalty, weights, jacobian, diagnose, shared)
+        # The heads read a cut representation: only this path reaches the trunk, even for a
+        # batch without any labelled entry.
+        jacobian = bool(scaled) and (self.gradients is not None or diagnose) or self.wants_features
+        cut = representation if self.wants_features else None
+        self._pending = _Step(terms, penalty, weights, jacobian, diagnose, cut)
         self._seen.update(scaled)
         logs = {}
         if self.gradients is None:
@@ -241,7 +245,7 @@ class MultiTaskObjective(nn.Module):
             loss.backward()
             return {}
         device = loss.device
-        if pending.features is not None:
+        if pending.representation is not None:
             update, own, logs = self._features_update(pending, shared, others, loss_scale, device)
         else:
             update, own, logs = self._parameters_update(pending, shared, others, loss_scale, device)
@@ -311,7 +315,7 @@ class MultiTaskObjective(nn.Module):
         then one of the weighted sum through the trunk. Returns what
         :meth:`_parameters_update` returns."""
         names = list(pending.terms)
-        features = pending.features
+        maps, inputs = pending.representation.maps, pending.representation.inputs
         n_shared = sum(p.numel() for p in shared)
         buffer = torch.zeros(n_shared + sum(p.numel() for p in others), device=device)
         trunk, own = buffer[:n_shared], buffer[n_shared:]
@@ -319,18 +323,18 @@ class MultiTaskObjective(nn.Module):
         for name in names:
             grads = torch.autograd.grad(
                 pending.terms[name] * loss_scale,
-                [*features, *others],
+                [*inputs, *others],
                 retain_graph=True,
                 allow_unused=True,
             )
-            per_task.append(grads[: len(features)])
-            _add_into(own, others, grads[len(features) :])
+            per_task.append(grads[: len(inputs)])
+            _add_into(own, others, grads[len(inputs) :])
         # One block of Jacobian columns per feature map that some head reads.
-        used = [j for j in range(len(features)) if any(g[j] is not None for g in per_task)]
+        used = [j for j in range(len(inputs)) if any(g[j] is not None for g in per_task)]
         blocks = [
             torch.stack(
                 [
-                    features[j].new_zeros(features[j].numel()) if g[j] is None else g[j].reshape(-1)
+                    inputs[j].new_zeros(inputs[j].numel()) if g[j] is None else g[j].reshape(-1)
                     for g in per_task
                 ]
             ).float()
@@ -345,16 +349,16 @@ class MultiTaskObjective(nn.Module):
         gramian = all_reduce_mean(gramian).div_(world * loss_scale**2)
         applied, logs = self._task_weights(pending, gramian, bool(blocks))
 
-        outputs = [features[j] for j in used]
+        outputs = [maps[j] for j in used]
         grad_outputs = [
-            (applied.to(block) @ block).view(features[j].shape).to(features[j].dtype)
+            (applied.to(block) @ block).view(maps[j].shape).to(maps[j].dtype)
             for j, block in zip(used, blocks)
         ]
         penalty = pending.penalty
         if isinstance(penalty, Tensor) and penalty.requires_grad:
             outputs.append(penalty)
             grad_outputs.append(torch.full_like(penalty, loss_scale))
-        if outputs:  # the one backward pass through the trunk
+        if outputs and shared:  # the one backward pass through the trunk
             grads = torch.autograd.grad(outputs, list(shared), grad_outputs, allow_unused=True)
             _add_into(trunk, shared, grads)
         if loss_scale != 1.0:
@@ -438,12 +442,15 @@ def build_objective(
     """
     if diagnose_every < 0:
         raise DriveMTLError(f"model.diagnose_every must be >= 0 (0: off), got {diagnose_every}.")
-    return MultiTaskObjective(
-        tasks,
-        build_balancer(balancing, tasks, loss_weights),
-        build_gradient_method(gradients),
-        diagnose_every,
-    )
+    balancer = build_balancer(balancing, tasks, loss_weights)
+    method = build_gradient_method(gradients)
+    if balancer.needs_gradient_norms and method is not None and method.on == "features":
+        raise DriveMTLError(
+            "model.balancing gradnorm measures each task's gradient on the last shared layer, "
+            "which on: features keeps out of the per-task passes; use on: parameters, or "
+            "another balancing (famo, dwa, uncertainty)."
+        )
+    return MultiTaskObjective(tasks, balancer, method, diagnose_every)
 
 
 def _add_into(flat: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:

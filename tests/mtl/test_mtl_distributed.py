@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from drivemtl.mtl.forward import Representation
 from drivemtl.mtl.objective import build_objective
 
 X = torch.linspace(-1, 1, 24).reshape(8, 3)
@@ -47,13 +48,16 @@ def _masked_mse(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
     return error.sum() / max(int(known.sum()), 1), int(known.sum())
 
 
-def _losses(model: nn.ModuleDict, rows: slice) -> tuple[dict, torch.Tensor]:
+def _losses(model: nn.ModuleDict, rows: slice, cut: bool = False) -> tuple[dict, Representation]:
+    """The task losses; ``cut``: the heads read a detached copy of the features."""
     features = torch.tanh(model["trunk"](X[rows]))
+    representation = Representation([features], [features.detach().requires_grad_()])
+    read = representation.inputs[0] if cut else features
     losses = {
-        "a": _masked_mse(model["a"](features).squeeze(1), Y_A[rows]),
-        "b": _masked_mse(model["b"](features).squeeze(1), Y_B[rows]),
+        "a": _masked_mse(model["a"](read).squeeze(1), Y_A[rows]),
+        "b": _masked_mse(model["b"](read).squeeze(1), Y_B[rows]),
     }
-    return losses, features
+    return losses, representation
 
 
 def _gradients(setup: str, rows: slice) -> dict[str, torch.Tensor]:
@@ -61,8 +65,9 @@ def _gradients(setup: str, rows: slice) -> dict[str, torch.Tensor]:
     objective's buffers after an SGD step and FAMO's update from the same batch."""
     model = _model()
     objective = build_objective(["a", "b"], **SETUPS[setup])
-    losses, features = _losses(model, rows)
-    total, _ = objective(losses, features=[features])
+    cut = objective.wants_features
+    losses, representation = _losses(model, rows, cut)
+    total, _ = objective(losses, representation=representation if cut else None)
     shared = list(model["trunk"].parameters())
     others = [*model["a"].parameters(), *model["b"].parameters(), *objective.parameters()]
     objective.backward(total, shared, others)

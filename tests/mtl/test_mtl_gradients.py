@@ -15,6 +15,7 @@ import yaml
 
 from drivemtl.errors import DriveMTLError
 from drivemtl.mtl.balancing import FixedWeights
+from drivemtl.mtl.forward import Representation
 from drivemtl.mtl.gradients import AGGREGATORS, build_gradient_method
 from drivemtl.mtl.objective import MultiTaskObjective, build_objective
 
@@ -162,21 +163,28 @@ class _Trunk(torch.autograd.Function):
         return grad
 
 
-def _feature_problem(g1=G1, g2=G2, counts=(3, 2)):
-    """Features ``z = W x`` (the trunk), task losses linear in z: ``dL_i / dz = g_i`` exactly."""
+def _feature_problem(g1=G1, g2=G2, counts=(3, 2), cut=True):
+    """Features ``z = W x`` (the trunk), task losses linear in z: ``dL_i / dz = g_i`` exactly.
+
+    ``cut``: the heads read a detached copy of z (as ``capture_features`` makes them)."""
     x = torch.tensor([1.0, 2.0])
     weight = torch.eye(2).requires_grad_(True)
     head = torch.zeros((), requires_grad=True)
     z = _Trunk.apply(weight @ x)
-    losses = {"a": ((g1 * z).sum() + 3.0 * head, counts[0]), "b": ((g2 * z).sum(), counts[1])}
-    return weight, head, z, x, losses
+    representation = Representation([z], [z.detach().requires_grad_()]) if cut else None
+    read = representation.inputs[0] if cut else z
+    losses = {
+        "a": ((g1 * read).sum() + 3.0 * head, counts[0]),
+        "b": ((g2 * read).sum(), counts[1]),
+    }
+    return weight, head, representation, x, losses
 
 
 def _feature_step(spec, problem, **kwargs):
-    weight, head, z, _, losses = problem
+    weight, head, representation, _, losses = problem
     objective = MultiTaskObjective(["a", "b"], gradients=build_gradient_method(spec))
     _Trunk.passes = 0
-    total, logs = objective(losses, features=[z])
+    total, logs = objective(losses, representation=representation)
     logs |= objective.backward(total, [weight], [head], **kwargs)
     return logs
 
@@ -196,7 +204,7 @@ def test_mgda_on_features_takes_its_weights_from_the_feature_jacobian():
     )
     assert head.grad.item() == 3.0  # the head keeps its task's plain gradient
     # The parameter level reaches the trunk once per task.
-    weight, head, _, _, losses = _feature_problem()
+    weight, head, _, _, losses = _feature_problem(cut=False)
     _Trunk.passes = 0
     objective = MultiTaskObjective(["a", "b"], gradients=build_gradient_method("mgda"))
     _step(objective, losses, weight, head)
@@ -232,18 +240,55 @@ def test_an_absent_task_is_left_out_on_features(method):
 
 
 def test_features_scale_accumulation_and_penalty_match_a_plain_backward():
-    weight, head, z, x, losses = _feature_problem()
+    weight, head, representation, x, losses = _feature_problem()
     objective = MultiTaskObjective(
         ["a", "b"], gradients=build_gradient_method({"method": "mgda", "on": "features"})
     )
     penalty = 0.5 * (weight**2).sum()  # gradient W = I at W = I; not a task: added after
-    total, _ = objective(losses, penalty, features=[z])
+    total, _ = objective(losses, penalty, representation=representation)
     objective.backward(total, [weight], [head], loss_scale=1024.0, accumulate=4)
     expected = torch.outer(torch.tensor([0.2, 0.4]), x) + torch.eye(2)
     assert weight.grad.flatten().tolist() == pytest.approx(
         (256 * expected).flatten().tolist(), rel=1e-3
     )
     assert head.grad.item() == pytest.approx(3.0 * 256)
+
+
+def test_a_map_that_feeds_a_later_one_counts_once():
+    # Two levels, z2 computed from z1 inside the trunk, a head reading both: with one task
+    # present (weight 1) the update must be the plain gradient, the z1 -> z2 path taken once.
+    x = torch.tensor([1.0, -2.0])
+    w = torch.tensor([[0.5, 1.0], [-1.0, 0.3]], requires_grad=True)
+    v = torch.tensor([[1.0, 0.2], [0.4, -0.7]], requires_grad=True)
+
+    def forward(cut):
+        z1 = w @ x
+        z2 = torch.tanh(v @ z1)
+        representation = (
+            Representation([z1, z2], [z1.detach().requires_grad_(), z2.detach().requires_grad_()])
+            if cut
+            else None
+        )
+        a1, a2 = representation.inputs if cut else (z1, z2)
+        loss = (a1 * torch.tensor([0.3, -1.0])).sum() + (a2**2).sum()
+        return representation, {"a": (loss, 2), "b": ((a2 * 2.0).sum(), 0)}
+
+    _, losses = forward(cut=False)
+    plain = torch.autograd.grad(losses["a"][0], [w, v])
+    representation, losses = forward(cut=True)
+    method = build_gradient_method({"method": "mgda", "on": "features"})
+    objective = MultiTaskObjective(["a", "b"], gradients=method)
+    total, _ = objective(losses, representation=representation)
+    objective.backward(total, [w, v], [])
+    assert w.grad.flatten().tolist() == pytest.approx(plain[0].flatten().tolist())
+    assert v.grad.flatten().tolist() == pytest.approx(plain[1].flatten().tolist())
+
+
+def test_gradnorm_and_features_are_a_clear_error():
+    with pytest.raises(DriveMTLError, match="gradnorm measures each task's gradient"):
+        build_objective(
+            ["a", "b"], balancing="gradnorm", gradients={"method": "mgda", "on": "features"}
+        )
 
 
 def test_bad_gradient_specs_are_clear_errors():
