@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from _machine import cpu_model  # noqa: E402
 
-from drivemtl.mtl.compare import is_lower_better, relative_gains  # noqa: E402
+from drivemtl.mtl.compare import flatten, is_lower_better, relative_gains  # noqa: E402
 
 CLASSES = ("pedestrian", "car", "stop_sign", "traffic_light")
 REFERENCE = "fixed"
@@ -245,7 +245,8 @@ class StepTimer(L.Callback):
 
 def run(setup: Setup, name: str, flags: list[str], seed: int, out: Path) -> dict:
     """Train one network and score its best checkpoint on the test split (or reuse them)."""
-    folder = out / setup.name / f"seed{seed}" / name.replace(", ", "_").replace(" ", "_")
+    slug = name.replace(", ", "_").replace(" ", "_").replace("/", "-")
+    folder = out / setup.name / f"seed{seed}" / slug
     tested = folder / "test" / "metrics.json"
     if tested.is_file() and (folder / "step_time.json").is_file():
         print(f"[{setup.name} seed {seed}] {name}: reused", flush=True)
@@ -296,15 +297,25 @@ def benchmark(setup: Setup, methods: Sequence[str], out: Path) -> dict:
 def summarise(setup: Setup, methods: Sequence[str], per_seed: dict) -> dict:
     """Per-method means and spreads over seeds, Delta_m, mean rank and step-time ratio."""
     summary: dict[str, dict] = {}
+    # A relative gain needs a single-task value that is defined and not 0 (a detector that
+    # found nothing): such a metric is left out of that seed's Delta_m for every method.
+    excluded: set[str] = set()
+    compared = {}
+    for seed, result in per_seed.items():
+        usable = []
+        for task, metric in setup.singles.items():
+            value = _value(result["singles"][task]["metrics"], metric)
+            (usable.append if value is not None and value != 0 else excluded.add)(metric)
+        compared[seed] = [m for m in setup.metrics if m in usable]
     for name in methods:
         deltas, values, ratios = [], {m: [] for m in setup.metrics}, []
-        for result in per_seed.values():
+        for seed, result in per_seed.items():
             singles = {t: r["metrics"] for t, r in result["singles"].items()}
             mine = result["shared"][name]
-            gains, delta = relative_gains(mine["metrics"], singles, setup.metrics)
-            deltas.append(delta)
-            for gain in gains:
-                values[gain.metric].append(gain.multi)
+            deltas.append(relative_gains(mine["metrics"], singles, compared[seed])[1])
+            for metric in setup.metrics:
+                value = _value(mine["metrics"], metric)
+                values[metric].append(math.nan if value is None else value)
             if REFERENCE in result["shared"]:
                 ratios.append(mine["step_s"] / result["shared"][REFERENCE]["step_s"])
         summary[name] = {
@@ -329,13 +340,12 @@ def summarise(setup: Setup, methods: Sequence[str], per_seed: dict) -> dict:
         summary[name]["mean_rank"] = statistics.mean(summary[name].pop("ranks"))
     baseline = {m: {"mean": statistics.mean(v), "std": _std(v)} for m, v in singles.items()}
     summary[SINGLE] = {"delta_m": 0.0, "delta_m_std": 0.0, "metrics": baseline}
+    summary[SINGLE]["left_out_of_delta_m"] = sorted(excluded)
     return summary
 
 
-def _value(report: dict, metric: str) -> float:
-    from drivemtl.mtl.compare import flatten
-
-    return flatten(report)[metric]
+def _value(report: dict, metric: str) -> float | None:
+    return flatten(report).get(metric)
 
 
 def _std(values: Sequence[float]) -> float:
@@ -362,6 +372,9 @@ def table(result: dict) -> str:
         lines.append(
             f"| {name} | " + " | ".join(cells) + f" | {delta} | {r['mean_rank']:.1f} | {ratio} |"
         )
+    left_out = result[SINGLE].get("left_out_of_delta_m")
+    if left_out:
+        lines += ["", f"Left out of Delta_m (a single-task value of 0 or undefined): {left_out}."]
     return "\n".join(lines) + "\n"
 
 

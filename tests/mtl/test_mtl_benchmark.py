@@ -67,3 +67,21 @@ def test_summary_gives_delta_m_spread_rank_and_step_ratio(bench):
     table = bench.table(summary)
     assert "| famo | 0.820 +- 0.028 | 0.190 +- 0.014 | +3.8 +- 1.8 | 1.5 | 1.20x |" in table
     assert table.index("| famo |") < table.index("| fixed |")  # sorted by Delta_m
+
+
+def test_a_single_task_value_of_zero_is_left_out_of_delta_m(bench):
+    setup = bench.Setup(
+        "t",
+        "test",
+        [],
+        ["presence/car/ap", "depth/abs_rel"],
+        {"presence/car": "presence/car/ap", "depth": "depth/abs_rel"},
+        seeds=(0,),
+    )
+    singles = {"presence/car": _run(0.0, None), "depth": _run(None, 0.2)}
+    per_seed = {0: {"singles": singles, "shared": {"fixed": _run(0.5, 0.18)}}}
+    summary = bench.summarise(setup, ["fixed"], per_seed)
+    assert summary["fixed"]["delta_m"] == pytest.approx(10.0)  # depth alone
+    assert summary["fixed"]["metrics"]["presence/car/ap"]["mean"] == 0.5
+    assert summary[bench.SINGLE]["left_out_of_delta_m"] == ["presence/car/ap"]
+    assert "Left out of Delta_m" in bench.table(summary)
