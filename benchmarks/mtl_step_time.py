@@ -33,7 +33,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _machine import cpu_model  # the script's folder is on sys.path
+from _machine import cpu_model, fast_precision  # the script's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, nargs=2, default=[128, 224], metavar=("H", "W"))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--granularity", choices=["head", "class"], default="class")
-    parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument("--precision", default=fast_precision(), help="default: the CPU's fastest")
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method and round")

@@ -56,7 +56,7 @@ import lightning as L
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, fast_precision  # noqa: E402
 
 from drivemtl.mtl.compare import flatten, is_lower_better, relative_gains  # noqa: E402
 
@@ -380,16 +380,6 @@ def table(result: dict) -> str:
 
 def _pm(stat: dict) -> str:
     return f"{stat['mean']:.3f} +- {stat['std']:.3f}" if math.isfinite(stat["mean"]) else "n/a"
-
-
-def fast_precision() -> str:
-    """``bf16-mixed`` where the CPU computes bf16 natively (AMX, AVX512-BF16), else ``32-true``
-    (emulated bf16 measured 12x slower than fp32 on an AVX2-only CPU)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "32-true"
-    return "bf16-mixed" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "32-true"
 
 
 def main(argv: list[str] | None = None) -> int:
