@@ -63,7 +63,8 @@ class MultiTaskModule(L.LightningModule):
             task through the trunk; ``on: features`` (hard sharing) one per task through the
             heads and one through the trunk. See ``drivemtl.mtl.gradients``.
         diagnose_every: Every this many steps, log the cosine between task gradients on the
-            shared parameters (``train/cos/<a>~<b>``) and accumulate the task affinity written
+            shared parameters, or on the shared representation with ``on: features``
+            (``train/cos/<a>~<b>``), and accumulate the task affinity written
             to ``task_affinity.json`` / ``.png`` at the end of fit; 0: off.
         image_size: Network input (height, width); linked from ``data.image_size``.
         mean: Normalisation mean on the [0, 1] scale.
