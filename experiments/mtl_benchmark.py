@@ -128,6 +128,7 @@ def setup_a(args: argparse.Namespace) -> Setup:
         f"--data.synthetic.train={args.train}",
         f"--data.synthetic.val={args.val}",
         f"--data.synthetic.test={args.test}",
+        f"--data.synthetic.min_object_size={args.min_object_size}",
         f'--data.synthetic.dropout={{"stop_sign": {1 - args.labelled_fraction:.6g}}}',
         f"--trainer.max_epochs={args.epochs}",
     ]
@@ -136,8 +137,9 @@ def setup_a(args: argparse.Namespace) -> Setup:
     return Setup(
         "a",
         f"synthetic {width}x{height}, presence + detection + depth, stop_sign labelled on "
-        f"{args.labelled_fraction:.0%} of {args.train} training images, {args.backbone} from "
-        f"random weights, {args.epochs} epochs, {args.precision}; test AP on {args.test} images",
+        f"{args.labelled_fraction:.0%} of {args.train} training images (objects at least "
+        f"{args.min_object_size:.0%} of the height), {args.backbone} from random weights, "
+        f"{args.epochs} epochs, {args.precision}; scored on {args.test} test images",
         flags,
         metrics,
         singles,
@@ -396,7 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--train", type=int, default=480, help="training images")
     group.add_argument("--val", type=int, default=160, help="validation images")
     group.add_argument("--test", type=int, default=320, help="test images")
-    group.add_argument("--epochs", type=int, default=3)
+    group.add_argument("--epochs", type=int, default=4)
+    group.add_argument(
+        "--min-object-size",
+        type=float,
+        default=0.2,
+        help="smallest object, a fraction of the image height (large: learnable in this budget)",
+    )
     group.add_argument("--labelled-fraction", type=float, default=0.05, help="of stop signs")
     parser.add_argument("--precision", default=fast_precision(), help="default: this CPU's fastest")
     args = parser.parse_args(argv)
