@@ -20,8 +20,9 @@ from drivemtl.data.labels import DEFAULT_CLASSES
 from drivemtl.errors import DriveMTLError
 from drivemtl.models.backbones import Backbone
 from drivemtl.models.net import MultiTaskNet
-from drivemtl.models.sharing import NUM_STAGES, build_trunk
+from drivemtl.models.sharing import NUM_STAGES, HardSharing, build_trunk
 from drivemtl.mtl.affinity import affinity_report, write_affinity
+from drivemtl.mtl.forward import buffers_kept, capture_features
 from drivemtl.mtl.granularity import resolve_loss_weights, restrict_report, task_terms, term_losses
 from drivemtl.mtl.objective import build_objective
 from drivemtl.tasks import build_tasks
@@ -65,15 +66,19 @@ class MultiTaskModule(L.LightningModule):
             single class is scored (``metrics.json``) and predicted alone. It trains with a
             fixed weight of 1 and no gradient method or diagnostics.
         balancing: Loss balancing: ``fixed`` (default), ``uncertainty`` (Kendall et al.),
-            ``dwa`` (dynamic weight averaging), ``gradnorm``, or a mapping with options, e.g.
-            ``{method: dwa, temperature: 2.0}``, ``{method: gradnorm, alpha: 1.5, lr: 0.025}``,
-            ``{method: uncertainty, init: 0.0}``. See ``drivemtl.mtl.balancing``.
-        gradients: A gradient method on the shared parameters: ``pcgrad``, ``mgda``,
-            ``upgrad``, ``cagrad`` (needs ``drivemtl[solvers]``), or a mapping with options,
-            e.g. ``{method: cagrad, c: 0.4}``; ``null``: plain backward. Costs one backward
-            pass per task. See ``drivemtl.mtl.gradients``.
+            ``dwa`` (dynamic weight averaging), ``gradnorm``, ``famo`` (Liu et al. 2023), or a
+            mapping with options, e.g. ``{method: dwa, temperature: 2.0}``,
+            ``{method: gradnorm, alpha: 1.5, lr: 0.025}``, ``{method: famo, lr: 0.025}``.
+            See ``drivemtl.mtl.balancing``.
+        gradients: A gradient method: ``pcgrad``, ``mgda``, ``aligned_mtl``, ``upgrad`` (needs
+            ``drivemtl[upgrad]``), ``cagrad`` (needs ``drivemtl[cagrad]``), or a mapping with
+            options, e.g. ``{method: cagrad, c: 0.4}``, ``{method: mgda, on: features}``;
+            ``null``: plain backward. ``on: parameters`` (default) costs one backward pass per
+            task through the trunk; ``on: features`` (hard sharing) one per task through the
+            heads and one through the trunk. See ``drivemtl.mtl.gradients``.
         diagnose_every: Every this many steps, log the cosine between task gradients on the
-            shared parameters (``train/cos/<a>~<b>``) and accumulate the task affinity written
+            shared parameters, or on the shared representation with ``on: features``
+            (``train/cos/<a>~<b>``), and accumulate the task affinity written
             to ``task_affinity.json`` / ``.png`` at the end of fit; 0: off.
         image_size: Network input (height, width); linked from ``data.image_size``.
         mean: Normalisation mean on the [0, 1] scale; ``None``: what the backbone's
@@ -156,6 +161,11 @@ class MultiTaskModule(L.LightningModule):
         self.hparams["mean"] = mean = tuple(trunk_backbone.mean if mean is None else mean)
         self.hparams["std"] = std = tuple(trunk_backbone.std if std is None else std)
         trunk = build_trunk(sharing, trunk_backbone, list(self.tasks))
+        if self.objective.wants_features and not isinstance(trunk, HardSharing):
+            raise DriveMTLError(
+                "model.gradients on: features needs model.sharing hard (one representation "
+                "that every head reads); use on: parameters with this sharing strategy."
+            )
         try:
             heads = {n: t.build_head(trunk.channels, self.classes) for n, t in self.tasks.items()}
         except ValueError as e:
@@ -249,7 +259,9 @@ class MultiTaskModule(L.LightningModule):
         return shared, [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
-        losses = term_losses(self.terms, self.tasks, self(batch.images), batch)
+        with capture_features(self.net.trunk, self.objective.wants_features) as representation:
+            outputs = self(batch.images)
+        losses = term_losses(self.terms, self.tasks, outputs, batch)
         if not self._losses_finite(losses, batch, batch_idx):
             return None  # Lightning skips backward and the optimiser step
         gradnorm = self.objective.balancer.needs_gradient_norms
@@ -259,6 +271,7 @@ class MultiTaskModule(L.LightningModule):
             step=self.trainer.global_step,
             layer=self._last_shared_layer() if gradnorm else None,
             loss_scale=self._loss_scale() if gradnorm else 1.0,
+            representation=representation,
         )
         self._batch_size = len(batch)
         logs = {}
@@ -325,7 +338,15 @@ class MultiTaskModule(L.LightningModule):
             self.objective.gradients.check()  # a missing solver stops fit before any step
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        self.objective.before_optimizer_step()
+        self.objective.before_optimizer_step(self._loss_scale())
+
+    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
+        if self.objective.end_batch(self._loss_scale()):
+            # FAMO: the batch's losses after the step, with no gradient and no change of state.
+            context = self.trainer.precision_plugin.forward_context()
+            with torch.no_grad(), context, buffers_kept(self.net):
+                losses = term_losses(self.terms, self.tasks, self(batch.images), batch)
+            self.objective.after_step(losses)
 
     def on_train_epoch_start(self) -> None:
         self.objective.on_train_epoch_start()

@@ -33,6 +33,10 @@ class Balancer(nn.Module):
     """Whether :meth:`observe` wants the global mean loss of every task at every batch."""
     needs_gradient_norms: ClassVar[bool] = False
     """Whether :meth:`update` wants per-task gradient norms on the last shared layer."""
+    losses_after_step: str | None = None
+    """Whether :meth:`after_step` wants the global mean losses after each optimiser step:
+    ``"same_batch"`` (the step's last batch, forwarded again) or ``"next_batch"`` (the next
+    training batch, before its own step); ``None``: no."""
 
     def __init__(self, tasks: Sequence[str]):
         super().__init__()
@@ -42,6 +46,10 @@ class Balancer(nn.Module):
     def weights(self) -> Tensor:
         """Current weight of each task's loss, shape (m,), without gradient."""
         raise NotImplementedError
+
+    def batch_weights(self) -> Tensor:
+        """The weight of each task's loss in the batch just observed (what is logged)."""
+        return self.weights()
 
     def terms(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The weighted term of each task in ``losses`` (present tasks only)."""
@@ -57,6 +65,9 @@ class Balancer(nn.Module):
 
     def update(self, mean_losses: Tensor, norms: Tensor, present: Tensor) -> None:
         """Per-task gradient norms on the last shared layer, for :class:`GradNorm`."""
+
+    def after_step(self, mean_losses: Tensor, counts: Tensor) -> None:
+        """The global mean loss per task after an optimiser step (see :attr:`losses_after_step`)."""
 
     def on_train_epoch_start(self) -> None:
         """Called at the start of every training epoch."""
@@ -273,8 +284,145 @@ class GradNorm(Balancer):
         return f"tasks={self.tasks}, alpha={self.alpha}, lr={self.lr}"
 
 
+class FAMO(Balancer):
+    """Fast adaptive multitask optimisation (Liu, Feng, Stone and Liu, NeurIPS 2023).
+
+    FAMO keeps a logit ``xi_i`` per task. Over the tasks ``P`` present in a batch (``K_P`` of
+    them), with ``z = softmax(xi_P)``, the global mean losses ``L_i`` and their lower bounds
+    ``b_i``, each loss is weighted by::
+
+        d_i = max(L_i - b_i, 0) + 1e-8
+        w_i = K_P * (z_i / d_i) / sum_j (z_j / d_j)
+
+    whose gradient is the paper's ``c sum_i z_i grad log d_i`` (``c`` held constant) times
+    ``K_P``: the weights sum to ``K_P``, like fixed weights of 1, where the paper's sum to 1 (a
+    constant factor, which Adam-type optimisers do not see). After the optimiser step, with
+    ``d'_i`` the losses of the same batch again (``update: same_batch``, the paper's: one
+    forward pass without gradient) or of the next batch (``update: next_batch``: free, but the
+    change then mixes in the difference between two batches)::
+
+        delta_i = log d_i - log d'_i                  (how much task i's log-loss decreased)
+        g       = z * (delta - z . delta)             (the softmax's Jacobian times delta)
+
+    and ``xi_P`` takes one Adam step along ``-g`` (with L2 weight decay, as ``torch.optim.Adam``
+    does it): weight moves to the tasks whose loss decreased least. Cost: O(1) in the number of
+    tasks, one backward pass per step.
+
+    Partial labels: a task with no labelled entry in the batch (all processes together) is
+    outside ``P``: no term, and its logit and Adam moments do not move (its log-loss change is
+    undefined there). DDP: ``L_i`` are global means, so every process computes the same weights
+    and update. The logits, per-task Adam moments and step counts, and the last losses are
+    buffers: a checkpoint carries them and a resumed run continues them.
+
+    Not TorchJD's ``torchjd.scalarization.FAMO`` (the same update otherwise): it keeps its softmax
+    and Adam over a fixed set of tasks, so an absent task's logit would move, and its Adam state
+    is not in the state dict, so a resumed run would restart it.
+
+    Args:
+        tasks: Task names.
+        lr: Adam step size of the logits (0.025 in the paper).
+        weight_decay: L2 regularisation of the logits (the paper's ``gamma``).
+        min_losses: Lower bound ``b_i`` of each task's loss, by name (0 for a task not named).
+        update: ``same_batch`` or ``next_batch``: which losses measure the step's progress.
+    """
+
+    name = "famo"
+    needs_losses = True
+    _EPS = 1e-8
+    _BETAS = (0.9, 0.999)
+    _ADAM_EPS = 1e-8
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        lr: float = 0.025,
+        weight_decay: float = 0.001,
+        min_losses: Mapping[str, float] | None = None,
+        update: str = "same_batch",
+    ):
+        super().__init__(tasks)
+        if lr <= 0 or weight_decay < 0:
+            raise ValueError(f"lr must be positive and weight_decay >= 0, got {lr}, {weight_decay}")
+        if update not in ("same_batch", "next_batch"):
+            raise ValueError(f"update must be 'same_batch' or 'next_batch', got {update!r}")
+        unknown = sorted(set(min_losses or {}) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"min_losses names tasks not trained: {unknown}")
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.losses_after_step = update
+        m = len(self.tasks)
+        bounds = [float((min_losses or {}).get(t, 0.0)) for t in self.tasks]
+        self.register_buffer("min_losses", torch.tensor(bounds))
+        self.register_buffer("logits", torch.zeros(m))
+        self.register_buffer("exp_avg", torch.zeros(m))
+        self.register_buffer("exp_avg_sq", torch.zeros(m))
+        self.register_buffer("steps", torch.zeros(m))
+        # The global mean losses of the last batch, NaN where a task was absent.
+        self.register_buffer("before", torch.full((m,), float("nan")))
+        self.register_buffer("applied", torch.zeros(m), persistent=False)
+
+    def weights(self) -> Tensor:
+        """``K * softmax(xi)``: FAMO's task weighting over all ``K`` tasks, 1 each at the start
+        (the validation loss's weights; a batch's loss weights also divide by each loss)."""
+        return len(self.tasks) * torch.softmax(self.logits, dim=0)
+
+    def batch_weights(self) -> Tensor:
+        return self.applied
+
+    def _shifted(self, losses: Tensor) -> Tensor:
+        """``max(L - b, 0) + eps`` of every task (shape (m,)): what FAMO takes the log of."""
+        return (losses.to(self.logits) - self.min_losses).clamp(min=0) + self._EPS
+
+    def observe(self, mean_losses: Tensor, counts: Tensor) -> None:
+        present = counts.to(self.logits.device) > 0
+        losses = mean_losses.to(self.logits)
+        self.before.copy_(torch.where(present, losses, torch.full_like(losses, float("nan"))))
+        self.applied.zero_()
+        if bool(present.any()):
+            ratio = torch.softmax(self.logits[present], dim=0) / self._shifted(losses)[present]
+            self.applied[present] = int(present.sum()) * ratio / ratio.sum()
+
+    def terms(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        weights = self.applied.tolist()
+        return {name: weights[self.index[name]] * loss for name, loss in losses.items()}
+
+    def after_step(self, mean_losses: Tensor, counts: Tensor) -> None:
+        after = mean_losses.to(self.logits)
+        present = torch.isfinite(self.before) & (counts.to(after.device) > 0)
+        if not bool(present.any()):
+            return
+        delta = torch.log(self._shifted(self.before)[present]) - torch.log(
+            self._shifted(after)[present]
+        )
+        if not bool(torch.isfinite(delta).all()):
+            return  # an fp16 overflow in the losses: no information this step
+        z = torch.softmax(self.logits[present], dim=0)
+        grad = z * (delta - (z * delta).sum()) + self.weight_decay * self.logits[present]
+        # One Adam step (torch.optim.Adam's arithmetic) on the present tasks' logits only.
+        beta1, beta2 = self._BETAS
+        steps = self.steps[present] + 1
+        exp_avg = beta1 * self.exp_avg[present] + (1 - beta1) * grad
+        exp_avg_sq = beta2 * self.exp_avg_sq[present] + (1 - beta2) * grad * grad
+        # Bias corrections in float64, as torch's Adam: 1 - 0.999^t cancels badly in float32.
+        correction1 = (1 - beta1 ** steps.double()).to(grad)
+        correction2 = (1 - beta2 ** steps.double()).to(grad)
+        denominator = (exp_avg_sq / correction2).sqrt() + self._ADAM_EPS
+        self.logits[present] -= self.lr * exp_avg / correction1 / denominator
+        self.exp_avg[present] = exp_avg
+        self.exp_avg_sq[present] = exp_avg_sq
+        self.steps[present] = steps
+
+    def extra_repr(self) -> str:
+        return (
+            f"tasks={self.tasks}, lr={self.lr}, weight_decay={self.weight_decay}, "
+            f"update={self.losses_after_step}"
+        )
+
+
 BALANCERS: dict[str, type[Balancer]] = {
-    cls.name: cls for cls in (FixedWeights, UncertaintyWeighting, DynamicWeightAverage, GradNorm)
+    cls.name: cls
+    for cls in (FixedWeights, UncertaintyWeighting, DynamicWeightAverage, GradNorm, FAMO)
 }
 
 
@@ -286,8 +434,8 @@ def build_balancer(
     """The strategy named by ``model.balancing``.
 
     Args:
-        spec: ``fixed`` (default), ``uncertainty``, ``dwa``, ``gradnorm``, or a mapping
-            ``{method: dwa, temperature: 2.0}``.
+        spec: ``fixed`` (default), ``uncertainty``, ``dwa``, ``gradnorm``, ``famo``, or a
+            mapping ``{method: dwa, temperature: 2.0}``.
         tasks: Task names.
         loss_weights: Weights of the ``fixed`` strategy, by task name.
 

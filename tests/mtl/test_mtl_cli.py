@@ -30,7 +30,7 @@ def _fit(run, train, val, *extra):
     return main([*args, f"--trainer.default_root_dir={run}", *extra])
 
 
-def _dwa(path):
+def _balancer(path):
     state = torch.load(path, weights_only=True)["state_dict"]
     return {k.rsplit(".", 1)[1]: v for k, v in state.items() if "objective.balancer" in k}
 
@@ -46,7 +46,7 @@ def test_resume_continues_dwa_and_the_task_affinity(tmp_path, tiny_presence_set,
     mtl = ["--model.granularity=class", "--model.balancing=dwa", "--model.diagnose_every=1"]
     run = tmp_path / "run"
     assert _fit(run, train, val, *mtl, "--trainer.max_epochs=1") == 0
-    saved = _dwa(run / "checkpoints" / "last.ckpt")
+    saved = _balancer(run / "checkpoints" / "last.ckpt")
     # Epoch 1's sums are still accumulating: they are folded in when the next epoch starts,
     # so that a checkpoint written at the end of an epoch resumes exactly.
     assert (saved["epoch_count"] > 0).all() and torch.isnan(saved["history"]).all()
@@ -110,3 +110,32 @@ def test_bad_options_are_clear_errors(tmp_path, tiny_presence_set, capsys, optio
     code = _fit(tmp_path / "run", train, train, option, "--trainer.fast_dev_run=true")
     err = capsys.readouterr().err
     assert code == 2 and "drivemtl: error: " in err and message in err and "Traceback" not in err
+
+
+def test_resume_restores_famo_state(tmp_path, tiny_presence_set):
+    train = tiny_presence_set("train", 16, seed=1, unknown_rate=0.1)
+    val = tiny_presence_set("val", 8, seed=2)
+    tasks = [f"presence/{c}" for c in ("pedestrian", "car", "stop_sign", "traffic_light")]
+    famo = ["--model.granularity=class", "--model.balancing={method: famo, lr: 0.5}"]
+    run = tmp_path / "run"
+    assert _fit(run, train, val, *famo, "--trainer.max_epochs=1") == 0
+    last = run / "checkpoints" / "last.ckpt"
+    saved = _balancer(last)
+    assert saved["steps"].tolist() == [2, 2, 2, 2]  # one update per step, every task labelled
+    assert saved["exp_avg_sq"].min() > 0 and len(set(saved["logits"].tolist())) == 4
+
+    resumed = tmp_path / "resumed"
+    assert _fit(resumed, train, val, *famo, "--trainer.max_epochs=2", f"--ckpt_path={last}") == 0
+    first = next(r for r in _rows(resumed / "metrics.csv") if r.get("train/loss"))
+    # The first resumed step weighs each loss by 4 (z_i / L_i) / sum_j (z_j / L_j) with z the
+    # softmax of the checkpoint's logits; a fresh FAMO (z uniform) would weigh by 1 / L_i.
+    losses = torch.tensor([float(first[f"train/{t}/loss"]) for t in tasks], dtype=torch.float64)
+    logged = [float(first[f"train/weight/{t}"]) for t in tasks]
+    for logits in (saved["logits"].double(), torch.zeros(4, dtype=torch.float64)):
+        ratio = torch.softmax(logits, 0) / losses
+        expected = (4 * ratio / ratio.sum()).tolist()
+        if logits.any():
+            assert logged == pytest.approx(expected, abs=1e-4)
+        else:
+            assert logged != pytest.approx(expected, abs=1e-3)
+    assert _balancer(resumed / "checkpoints" / "last.ckpt")["steps"].tolist() == [4, 4, 4, 4]

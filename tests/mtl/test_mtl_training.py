@@ -24,10 +24,13 @@ METHODS = {
     "uncertainty": {"balancing": "uncertainty"},
     "dwa": {"balancing": {"method": "dwa", "temperature": 1.0}},
     "gradnorm": {"balancing": {"method": "gradnorm", "lr": 0.5}},
+    "famo": {"balancing": {"method": "famo", "lr": 0.5}},
     "pcgrad": {"gradients": "pcgrad", "diagnose_every": 1},
     "mgda": {"gradients": "mgda"},
     "upgrad": {"gradients": "upgrad"},
     "cagrad": {"gradients": {"method": "cagrad", "c": 0.4}},
+    "aligned_mtl": {"gradients": "aligned_mtl"},
+    "mgda@features": {"gradients": {"method": "mgda", "on": "features"}, "diagnose_every": 1},
 }
 ABSENT = "presence/traffic_light"
 
@@ -90,7 +93,13 @@ def test_method_trains_in_bf16_and_skips_the_absent_task(method, manifests, tmp_
 
     index = model.objective.tasks.index(ABSENT)
     balancer = model.objective.balancer
-    assert balancer.weights()[index].item() == 1.0  # the absent task's weight never moved
+    if method == "famo":  # its weights are a softmax: the absent task's logit never moved
+        assert balancer.logits[index].item() == 0.0 and balancer.steps[index].item() == 0
+        # Each step was followed by the update from the same batch forwarded again.
+        assert [s for i, s in enumerate(balancer.steps.tolist()) if i != index] == [2, 2, 2]
+        assert len(set(balancer.logits.tolist())) == 4
+    else:
+        assert balancer.weights()[index].item() == 1.0  # the absent task's weight never moved
     if method == "uncertainty":
         assert model.objective.balancer.log_vars[index].item() == 0.0
         assert model.objective.balancer.log_vars[0].item() != 0.0
@@ -99,7 +108,7 @@ def test_method_trains_in_bf16_and_skips_the_absent_task(method, manifests, tmp_
     if method == "gradnorm":
         present = [w for i, w in enumerate(balancer.weights().tolist()) if i != index]
         assert sum(present) == pytest.approx(3.0) and present != [1.0, 1.0, 1.0]
-    if method == "pcgrad":
+    if method in ("pcgrad", "mgda@features"):
         cosines = [k for k in logged if k.startswith("train/cos/")]
         assert len(cosines) == 3 and not any(ABSENT in k for k in cosines)
         assert model.objective.affinity.pair_counts()[0, 1].item() == 2
@@ -139,14 +148,14 @@ def _fp16_fit(manifests, tmp_path, init_scale, **options):
     )
     before = [p.detach().clone() for p in model.parameters()]
     trainer.fit(model, data)
-    return before, [p.detach().clone() for p in model.parameters()], scaler.get_scale()
+    return before, [p.detach().clone() for p in model.parameters()], scaler.get_scale(), model
 
 
 def test_fp16_grad_scaler_sees_what_a_plain_backward_gives(manifests, tmp_path):
     # A diagnostic step applies the sum of the per-task gradients, taken of the scaled terms:
     # after the scaler's unscale, the update must equal the plain backward's.
-    start, plain, _ = _fp16_fit(manifests, tmp_path, 2.0**10)
-    _, summed, scale = _fp16_fit(manifests, tmp_path, 2.0**10, diagnose_every=1)
+    start, plain, _, _ = _fp16_fit(manifests, tmp_path, 2.0**10)
+    _, summed, scale, _ = _fp16_fit(manifests, tmp_path, 2.0**10, diagnose_every=1)
     assert scale == 2.0**10  # no overflow, the step was taken
     step_plain = torch.cat([(b - a).flatten() for a, b in zip(start, plain)])
     step_summed = torch.cat([(b - a).flatten() for a, b in zip(start, summed)])
@@ -155,6 +164,20 @@ def test_fp16_grad_scaler_sees_what_a_plain_backward_gives(manifests, tmp_path):
     error = (step_summed - step_plain).norm() / step_plain.norm()
     assert step_plain.norm() > 0 and error < 0.01
     # An overflow (absurd scale) reaches the scaler, which skips the step and lowers its scale.
-    before, after, scale = _fp16_fit(manifests, tmp_path, 2.0**60, gradients="pcgrad")
+    before, after, scale, _ = _fp16_fit(manifests, tmp_path, 2.0**60, gradients="pcgrad")
     assert scale < 2.0**60
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("scale", [2.0**10, 2.0**60])
+def test_fp16_famo_on_features_steps_or_skips_with_the_scaler(manifests, tmp_path, scale):
+    options = {"balancing": "famo", "gradients": {"method": "mgda", "on": "features"}}
+    before, after, final, model = _fp16_fit(manifests, tmp_path, scale, **options)
+    steps = model.objective.balancer.steps
+    if scale == 2.0**10:  # no overflow: the step and FAMO's update from the same batch
+        assert final == scale and not all(torch.equal(a, b) for a, b in zip(before, after))
+        assert steps.tolist() == [1, 1, 1, 0]  # traffic lights are never labelled
+    else:  # an overflow: the scaler skips the step, and FAMO has nothing to learn from
+        assert final < scale and all(torch.equal(a, b) for a, b in zip(before, after))
+        assert steps.tolist() == [0, 0, 0, 0]
+    assert all(torch.isfinite(p).all() for p in after)

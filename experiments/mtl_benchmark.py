@@ -1,0 +1,440 @@
+"""Every multi-task method against single-task networks, seeded: the README's benchmark table.
+
+Each setup trains, from one set of flags and for each seed:
+
+- one shared network per method: the balancing methods (fixed weights, uncertainty, DWA,
+  GradNorm, FAMO) and the gradient methods (PCGrad, MGDA, Aligned-MTL, UPGrad, CAGrad) on the
+  shared parameters and on the shared representation (``<method>@features``), all with one task
+  per class (``model.granularity: class``), plus fixed weights with one task per head
+  (``fixed, granularity head``: the package's default before this benchmark);
+- one single-task network per task (``model.single_task``), with the same budget (images,
+  epochs, schedule, backbone).
+
+Every run's checkpoint is chosen on validation and scored on the test split (``drivemtl
+test``). The table gives per task metric the mean +- std over seeds, Delta_m (``drivemtl
+compare``'s convention: mean relative gain over the task metrics, higher is better, against the
+single-task networks of the same seed) as mean +- std over seeds, the mean rank of each method
+over the task metrics (1 = best; Navon et al. 2022 and Liu et al. 2023 report it), and the
+training step time relative to fixed weights (median step of the run, measured in the run).
+
+Setups:
+
+- ``a``: the embedded synthetic set with presence, detection and depth heads and one class
+  (``stop_sign``) labelled on 5 % of the training images (``?`` elsewhere, boxes included).
+- ``b``: the real, partially labelled photos of ``../shared/data`` (COCO128: every class
+  labelled; the road-sign set: signs and lights only, pedestrians and cars ``?``), presence and
+  detection, with an ImageNet-pretrained ``timm/tf_efficientnet_lite0`` (``../shared/weights``).
+  It needs timm backbones (``model.backbone: timm/<name>``); where this checkout has none, or the
+  shared folder is absent, the setup is reported as skipped with the reason, and runs as it is
+  once they are there.
+
+A run whose folder holds its test metrics is reused, so an interrupted benchmark continues where
+it stopped (delete ``--out`` to start again).
+
+Usage:
+    python experiments/mtl_benchmark.py --quick --json runs/mtl_benchmark/quick.json   # <= 20 min
+    python experiments/mtl_benchmark.py --json runs/mtl_benchmark/full.json            # <= 2 h
+    python experiments/mtl_benchmark.py --setups a --methods famo --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _machine import cpu_model, fast_precision  # noqa: E402
+
+from drivemtl.mtl.compare import flatten, is_lower_better, relative_gains  # noqa: E402
+
+CLASSES = ("pedestrian", "car", "stop_sign", "traffic_light")
+REFERENCE = "fixed"
+"""The method whose step time is 1."""
+SINGLE = "single-task networks"
+"""The baselines' entry in the results (their metrics; Delta_m 0 by definition)."""
+
+
+def _gradients(method: str, on: str) -> list[str]:
+    return [f"--model.gradients={{method: {method}, on: {on}}}"]
+
+
+BALANCING = {
+    "fixed": [],
+    "uncertainty": ["--model.balancing=uncertainty"],
+    "dwa": ["--model.balancing=dwa"],
+    "gradnorm": ["--model.balancing=gradnorm"],
+    "famo": ["--model.balancing=famo"],
+}
+GRADIENTS = ("pcgrad", "mgda", "aligned_mtl", "upgrad", "cagrad")
+METHODS: dict[str, list[str]] = {
+    "fixed, granularity head": ["--model.granularity=head"],
+    **{name: ["--model.granularity=class", *flags] for name, flags in BALANCING.items()},
+    **{name: ["--model.granularity=class", *_gradients(name, "parameters")] for name in GRADIENTS},
+    **{
+        f"{name}@features": ["--model.granularity=class", *_gradients(name, "features")]
+        for name in GRADIENTS
+    },
+}
+"""Each shared network's flags, by the method's config name."""
+
+DEFAULT = "fixed, granularity head"
+"""The method that the package's defaults train (``MultiTaskModule``)."""
+QUICK = ("fixed, granularity head", "fixed", "famo", "mgda@features")
+"""The methods of ``--quick``: the default, its alternatives, the two cheap new methods."""
+
+
+@dataclass
+class Setup:
+    """One benchmark setting: flags shared by every run, the task metrics, the baselines."""
+
+    name: str
+    description: str
+    flags: list[str]
+    metrics: list[str]
+    """Compared metrics (``drivemtl compare`` keys), one per task."""
+    singles: dict[str, str]
+    """``{single_task value: the metric its network is scored on}``."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    unavailable: str | None = None
+    """Why the setup cannot run in this checkout, or ``None``."""
+    prepare: object = field(default=None, repr=False)
+    """A callable run once before training (manifests), or ``None``."""
+
+
+def setup_a(args: argparse.Namespace) -> Setup:
+    """The synthetic set, presence + detection + depth, stop signs labelled on 5 %."""
+    metrics = [f"presence/{c}/ap" for c in CLASSES] + ["detection/map50", "depth/abs_rel"]
+    height, width = args.image_size
+    flags = [
+        f"--config={REPO / 'configs' / 'demo_all.yaml'}",
+        f"--model.backbone={args.backbone}",
+        f"--trainer.precision={args.precision}",
+        f"--data.image_size=[{height}, {width}]",
+        f"--data.synthetic.height={height}",
+        f"--data.synthetic.width={width}",
+        f"--data.synthetic.train={args.train}",
+        f"--data.synthetic.val={args.val}",
+        f"--data.synthetic.test={args.test}",
+        f"--data.synthetic.min_object_size={args.min_object_size}",
+        f'--data.synthetic.dropout={{"stop_sign": {1 - args.labelled_fraction:.6g}}}',
+        f"--trainer.max_epochs={args.epochs}",
+    ]
+    singles = {f"presence/{c}": f"presence/{c}/ap" for c in CLASSES}
+    singles |= {"detection": "detection/map50", "depth": "depth/abs_rel"}
+    return Setup(
+        "a",
+        f"synthetic {width}x{height}, presence + detection + depth, stop_sign labelled on "
+        f"{args.labelled_fraction:.0%} of {args.train} training images (objects at least "
+        f"{args.min_object_size:.0%} of the height), {args.backbone} from random weights, "
+        f"{args.epochs} epochs, {args.precision}; scored on {args.test} test images",
+        flags,
+        metrics,
+        singles,
+    )
+
+
+def setup_b(args: argparse.Namespace, out: Path) -> Setup:
+    """Real photos (COCO128 + road signs), presence + detection, a pretrained backbone."""
+    shared = REPO.parent / "shared"
+    weights = shared / "weights" / "tf_efficientnet_lite0.pth"
+    data = out / "b" / "manifests"
+    metrics = ["presence/map", "detection/map50"]
+    flags = [
+        f"--config={REPO / 'configs' / 'demo_detection.yaml'}",
+        "--model.backbone=timm/tf_efficientnet_lite0",
+        f"--model.weights={weights}",
+        f"--data.train_manifest=[{data / 'coco_train.jsonl'}, {data / 'roadsign_train.jsonl'}]",
+        f"--data.val_manifest=[{data / 'coco_val.jsonl'}, {data / 'roadsign_val.jsonl'}]",
+        f"--data.test_manifest=[{data / 'coco_test.jsonl'}, {data / 'roadsign_test.jsonl'}]",
+        "--data.image_size=[256, 256]",
+        "--data.batch_size=16",
+        f"--trainer.precision={args.precision}",
+        "--trainer.max_epochs=8",
+    ]
+    reason = None
+    if not (shared / "data" / "coco128-train").is_dir() or not weights.is_file():
+        reason = f"{shared}/data or {weights} is absent"
+    else:
+        reason = _timm_missing()
+    return Setup(
+        "b",
+        "COCO128 + road signs (pedestrian and car `?` on the road signs), presence + "
+        "detection, timm/tf_efficientnet_lite0 pretrained on ImageNet",
+        flags,
+        metrics,
+        {"presence": "presence/map", "detection": "detection/map50"},
+        unavailable=reason,
+        prepare=lambda: _real_manifests(shared / "data", data),
+    )
+
+
+def _timm_missing() -> str | None:
+    """Why this checkout cannot build a timm backbone, or ``None`` when it can."""
+    from drivemtl.errors import DriveMTLError
+    from drivemtl.models.backbones import Backbone
+
+    try:
+        Backbone("timm/tf_efficientnet_lite0", None)
+    except (DriveMTLError, ImportError, ValueError, KeyError) as e:
+        return f"no timm backbones in this checkout ({e})"
+    return None
+
+
+def _real_manifests(source: Path, folder: Path, seed: int = 0) -> None:
+    """COCO128 and the road-sign set as manifests, each split 60/20/20 by a fixed shuffle."""
+    import random
+
+    if (folder / "roadsign_test.jsonl").is_file():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    coco, voc = source / "coco128-train", source / "roadsign-dev"
+    converted = {
+        "coco": ["coco", "--annotations", coco / "annotations" / "instances.json"]
+        + ["--images", coco / "images"],
+        "roadsign": ["voc", "--annotations", voc / "annotations", "--images", voc / "images"],
+    }
+    for name, arguments in converted.items():
+        full = folder / f"{name}_all.jsonl"
+        command = [sys.executable, "-m", "drivemtl", "convert", *map(str, arguments)]
+        subprocess.run([*command, "--out", str(full)], check=True, cwd=REPO)
+        lines = full.read_text().splitlines()
+        random.Random(seed).shuffle(lines)
+        cut = [0, int(0.6 * len(lines)), int(0.8 * len(lines)), len(lines)]
+        for split, start, end in zip(("train", "val", "test"), cut, cut[1:]):
+            entries = [json.loads(line) for line in lines[start:end]]
+            for entry in entries:  # paths relative to the original manifest's folder
+                entry["image"] = str((full.parent / entry["image"]).resolve())
+            text = "".join(json.dumps(e) + "\n" for e in entries)
+            (folder / f"{name}_{split}.jsonl").write_text(text)
+
+
+class StepTimer(L.Callback):
+    """Writes the median training step time of a run to ``<folder>/step_time.json``.
+
+    Loaded by class path in the run's process (``mtl_benchmark.StepTimer``).
+    """
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and self.times:
+            steady = self.times[1:] or self.times  # the first step warms oneDNN up
+            record = {"median_s": statistics.median(steady), "steps": len(self.times)}
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / "step_time.json").write_text(json.dumps(record) + "\n")
+
+
+def run(setup: Setup, name: str, flags: list[str], seed: int, out: Path) -> dict:
+    """Train one network and score its best checkpoint on the test split (or reuse them)."""
+    slug = name.replace(", ", "_").replace(" ", "_").replace("/", "-")
+    folder = out / setup.name / f"seed{seed}" / slug
+    tested = folder / "test" / "metrics.json"
+    if tested.is_file() and (folder / "step_time.json").is_file():
+        print(f"[{setup.name} seed {seed}] {name}: reused", flush=True)
+    else:
+        timer = {"class_path": "mtl_benchmark.StepTimer", "init_args": {"folder": str(folder)}}
+        fit = ["fit", *setup.flags, *flags, f"--seed_everything={seed}"]
+        fit += [f"--trainer.default_root_dir={folder}", "--trainer.enable_progress_bar=false"]
+        fit += [f"--trainer.callbacks+={json.dumps(timer)}"]
+        test = ["test", f"--ckpt_path={folder / 'checkpoints' / 'best.ckpt'}"]
+        test += [f"--trainer.default_root_dir={folder / 'test'}"]
+        test += ["--trainer.enable_progress_bar=false"]
+        test += [f for f in setup.flags if f.startswith("--data.test_manifest")]
+        start = time.perf_counter()
+        folder.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "experiments")])}
+        with open(folder / "log.txt", "w") as log:
+            for command in (fit, test):
+                status = subprocess.run(
+                    [sys.executable, "-m", "drivemtl", *command],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO,
+                    env=env,
+                )
+                if status.returncode != 0:
+                    sys.exit(f"[{setup.name} seed {seed}] {name} failed; see {folder / 'log.txt'}")
+        seconds = time.perf_counter() - start
+        print(f"[{setup.name} seed {seed}] {name}: {seconds:.0f} s", flush=True)
+    step = json.loads((folder / "step_time.json").read_text())
+    return {"metrics": json.loads(tested.read_text()), "step_s": step["median_s"]}
+
+
+def benchmark(setup: Setup, methods: Sequence[str], out: Path) -> dict:
+    """Every method and single-task network of one setup, for each seed; the summary."""
+    if setup.prepare is not None:
+        setup.prepare()
+    per_seed = {}
+    for seed in setup.seeds:
+        singles = {
+            task: run(setup, f"single {task}", [f"--model.single_task={task}"], seed, out)
+            for task in setup.singles
+        }
+        shared = {name: run(setup, name, METHODS[name], seed, out) for name in methods}
+        per_seed[seed] = {"singles": singles, "shared": shared}
+    return summarise(setup, methods, per_seed)
+
+
+def summarise(setup: Setup, methods: Sequence[str], per_seed: dict) -> dict:
+    """Per-method means and spreads over seeds, Delta_m, mean rank and step-time ratio."""
+    summary: dict[str, dict] = {}
+    # A relative gain needs a single-task value that is defined and not 0 (a detector that
+    # found nothing): such a metric is left out of that seed's Delta_m for every method.
+    excluded: set[str] = set()
+    compared = {}
+    for seed, result in per_seed.items():
+        usable = []
+        for task, metric in setup.singles.items():
+            value = _value(result["singles"][task]["metrics"], metric)
+            (usable.append if value is not None and value != 0 else excluded.add)(metric)
+        compared[seed] = [m for m in setup.metrics if m in usable]
+    for name in methods:
+        deltas, values, ratios = [], {m: [] for m in setup.metrics}, []
+        for seed, result in per_seed.items():
+            singles = {t: r["metrics"] for t, r in result["singles"].items()}
+            mine = result["shared"][name]
+            deltas.append(relative_gains(mine["metrics"], singles, compared[seed])[1])
+            for metric in setup.metrics:
+                value = _value(mine["metrics"], metric)
+                values[metric].append(math.nan if value is None else value)
+            if REFERENCE in result["shared"]:
+                ratios.append(mine["step_s"] / result["shared"][REFERENCE]["step_s"])
+        summary[name] = {
+            "delta_m": statistics.mean(deltas),
+            "delta_m_std": _std(deltas),
+            "metrics": {m: {"mean": statistics.mean(v), "std": _std(v)} for m, v in values.items()},
+            "step_time_ratio": statistics.median(ratios) if ratios else None,
+        }
+    singles: dict[str, list[float]] = {m: [] for m in setup.metrics}
+    for result in per_seed.values():
+        for task, metric in setup.singles.items():
+            value = _value(result["singles"][task]["metrics"], metric)
+            singles[metric].append(value)
+    for metric in setup.metrics:  # rank 1: the best mean over seeds
+        lower = is_lower_better(metric)
+        order = sorted(
+            methods, key=lambda n: summary[n]["metrics"][metric]["mean"], reverse=not lower
+        )
+        for rank, name in enumerate(order, start=1):
+            summary[name].setdefault("ranks", []).append(rank)
+    for name in methods:
+        summary[name]["mean_rank"] = statistics.mean(summary[name].pop("ranks"))
+    baseline = {m: {"mean": statistics.mean(v), "std": _std(v)} for m, v in singles.items()}
+    summary[SINGLE] = {"delta_m": 0.0, "delta_m_std": 0.0, "metrics": baseline}
+    summary[SINGLE]["left_out_of_delta_m"] = sorted(excluded)
+    return summary
+
+
+def _value(report: dict, metric: str) -> float | None:
+    return flatten(report).get(metric)
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def table(result: dict) -> str:
+    """The markdown table of one setup (Nash-MTL / FAMO papers' layout)."""
+    metrics = list(result[SINGLE]["metrics"])
+    arrows = ["(lower)" if is_lower_better(m) else "" for m in metrics]
+    head = [f"{m} {a}".strip() for m, a in zip(metrics, arrows)]
+    lines = [
+        "| method | " + " | ".join(head) + " | Delta_m % | mean rank | step time |",
+        "|---|" + "---:|" * (len(metrics) + 3),
+    ]
+    single = result[SINGLE]["metrics"]
+    cells = [_pm(single[m]) for m in metrics]
+    lines.append(f"| {SINGLE} | " + " | ".join(cells) + " | 0 | | |")
+    methods = {n: r for n, r in result.items() if n != SINGLE}
+    for name, r in sorted(methods.items(), key=lambda kv: -kv[1]["delta_m"]):
+        cells = [_pm(r["metrics"][m]) for m in metrics]
+        delta = f"{r['delta_m']:+.1f} +- {r['delta_m_std']:.1f}"
+        ratio = "" if r["step_time_ratio"] is None else f"{r['step_time_ratio']:.2f}x"
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {delta} | {r['mean_rank']:.1f} | {ratio} |"
+        )
+    left_out = result[SINGLE].get("left_out_of_delta_m")
+    if left_out:
+        lines += ["", f"Left out of Delta_m (a single-task value of 0 or undefined): {left_out}."]
+    return "\n".join(lines) + "\n"
+
+
+def _pm(stat: dict) -> str:
+    return f"{stat['mean']:.3f} +- {stat['std']:.3f}" if math.isfinite(stat["mean"]) else "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer methods, one seed")
+    parser.add_argument("--setups", nargs="+", default=["a", "b"], choices=["a", "b"])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all")
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2 (--quick: 0)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "mtl_benchmark")
+    parser.add_argument("--json", type=Path, help="write the summary here")
+    group = parser.add_argument_group("setup (a)")
+    group.add_argument("--backbone", default="mobilenet_v3_small")
+    group.add_argument("--image-size", type=int, nargs=2, default=[96, 160], metavar=("H", "W"))
+    group.add_argument("--train", type=int, default=480, help="training images")
+    group.add_argument("--val", type=int, default=160, help="validation images")
+    group.add_argument("--test", type=int, default=320, help="test images")
+    group.add_argument("--epochs", type=int, default=4)
+    group.add_argument(
+        "--min-object-size",
+        type=float,
+        default=0.2,
+        help="smallest object, a fraction of the image height (large: learnable in this budget)",
+    )
+    group.add_argument("--labelled-fraction", type=float, default=0.05, help="of stop signs")
+    parser.add_argument("--precision", default=fast_precision(), help="default: this CPU's fastest")
+    args = parser.parse_args(argv)
+    out = args.out / ("quick" if args.quick else "full")
+    methods = args.methods or list(QUICK if args.quick else METHODS)
+    seeds = tuple(args.seeds or ((0,) if args.quick else (0, 1, 2)))
+    setups = {"a": setup_a(args), "b": setup_b(args, out)}
+    results: dict = {"settings": {}}
+    started = time.perf_counter()
+    for key in args.setups:
+        setup = setups[key]
+        setup.seeds = seeds
+        results["settings"][key] = {"description": setup.description, "seeds": list(seeds)}
+        if setup.unavailable:
+            print(f"setup ({key}) skipped: {setup.unavailable}", flush=True)
+            results["settings"][key]["skipped"] = setup.unavailable
+            continue
+        results[key] = benchmark(setup, methods, out)
+        print(f"\nSetup ({key}): {setup.description}\n\n{table(results[key])}", flush=True)
+    minutes = (time.perf_counter() - started) / 60
+    results["default"] = DEFAULT
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    results["settings"]["machine"] = f"{cpu_model()}, {cores} cores"
+    results["settings"]["minutes"] = round(minutes, 1)
+    print(f"{minutes:.1f} min on {results['settings']['machine']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The benchmark's summary (experiments/mtl_benchmark.py) on hand-made results."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "mtl_benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("mtl_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mtl_benchmark"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["mtl_benchmark"]
+
+
+def _report(car: float | None, abs_rel: float | None) -> dict:
+    report = {}
+    if car is not None:
+        report["presence"] = {"per_class": {"car": {"ap": car}}}
+    if abs_rel is not None:
+        report["depth"] = {"abs_rel": abs_rel}
+    return report
+
+
+def _run(car, abs_rel, step=1.0):
+    return {"metrics": _report(car, abs_rel), "step_s": step}
+
+
+def test_summary_gives_delta_m_spread_rank_and_step_ratio(bench):
+    setup = bench.Setup(
+        "t",
+        "test",
+        [],
+        ["presence/car/ap", "depth/abs_rel"],
+        {"presence/car": "presence/car/ap", "depth": "depth/abs_rel"},
+        seeds=(0, 1),
+    )
+    singles = {"presence/car": _run(0.8, None), "depth": _run(None, 0.2)}
+    per_seed = {
+        0: {
+            "singles": singles,
+            "shared": {"fixed": _run(0.88, 0.22), "famo": _run(0.8, 0.18, 1.1)},
+        },
+        1: {"singles": singles, "shared": {"fixed": _run(0.8, 0.2), "famo": _run(0.84, 0.2, 1.3)}},
+    }
+    summary = bench.summarise(setup, ["fixed", "famo"], per_seed)
+    # Seed 0: fixed (+10 % car, -10 % depth) = 0; famo (0, +10 %) = +5. Seed 1: fixed 0,
+    # famo (+5 %, 0) = +2.5.
+    assert summary["fixed"]["delta_m"] == pytest.approx(0.0)
+    assert summary["famo"]["delta_m"] == pytest.approx(3.75)
+    assert summary["famo"]["delta_m_std"] == pytest.approx(statistics.stdev([5.0, 2.5]))
+    assert summary["famo"]["metrics"]["depth/abs_rel"]["mean"] == pytest.approx(0.19)
+    # Car AP: fixed 0.84 = famo 0.82 -> fixed first; depth (lower is better): famo first.
+    assert summary["fixed"]["mean_rank"] == summary["famo"]["mean_rank"] == 1.5
+    assert summary["famo"]["step_time_ratio"] == pytest.approx(1.2)
+    baseline = summary[bench.SINGLE]["metrics"]
+    assert baseline["presence/car/ap"] == {"mean": 0.8, "std": 0.0}
+    table = bench.table(summary)
+    assert "| famo | 0.820 +- 0.028 | 0.190 +- 0.014 | +3.8 +- 1.8 | 1.5 | 1.20x |" in table
+    assert table.index("| famo |") < table.index("| fixed |")  # sorted by Delta_m
+
+
+def test_a_single_task_value_of_zero_is_left_out_of_delta_m(bench):
+    setup = bench.Setup(
+        "t",
+        "test",
+        [],
+        ["presence/car/ap", "depth/abs_rel"],
+        {"presence/car": "presence/car/ap", "depth": "depth/abs_rel"},
+        seeds=(0,),
+    )
+    singles = {"presence/car": _run(0.0, None), "depth": _run(None, 0.2)}
+    per_seed = {0: {"singles": singles, "shared": {"fixed": _run(0.5, 0.18)}}}
+    summary = bench.summarise(setup, ["fixed"], per_seed)
+    assert summary["fixed"]["delta_m"] == pytest.approx(10.0)  # depth alone
+    assert summary["fixed"]["metrics"]["presence/car/ap"]["mean"] == 0.5
+    assert summary[bench.SINGLE]["left_out_of_delta_m"] == ["presence/car/ap"]
+    assert "Left out of Delta_m" in bench.table(summary)
