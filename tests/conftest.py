@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,40 @@ def tiny_presence_set(tmp_path: Path):
         return write_jsonl(tmp_path / f"{name}.jsonl", entries)
 
     return make
+
+
+def run_in_fork(target, *args, timeout: float = 300) -> int:
+    """Run ``target(*args)`` in a forked process; returns its exit code (-9: SIGKILLed).
+
+    A fork pays no second start-up of Python and torch. A child still running after
+    ``timeout`` seconds is killed and the test fails (a live child would hold pytest's exit).
+    """
+    child = multiprocessing.get_context("fork").Process(target=target, args=args)
+    child.start()
+    child.join(timeout=timeout)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail(f"{getattr(target, '__name__', target)} still running after {timeout} s")
+    return child.exitcode
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """``make(name)``: a folder shared by one module's tests, removed when they end.
+
+    Trained runs hold checkpoints of 100+ MB each; kept until the session ends, they filled
+    a CI disk (``tmp_path`` folders go as each test passes: ``tmp_path_retention_policy``).
+    """
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def require_shared_data() -> Path:

@@ -390,8 +390,8 @@ def build_world(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad-inputs")
+def world(module_tmp):
+    root = module_tmp("bad-inputs")
     world = build_world(root)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -402,9 +402,9 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def results(world, tmp_path_factory):
+def results(world, module_tmp):
     """Run every case once, in processes of their own."""
-    folder = tmp_path_factory.mktemp("runner")
+    folder = module_tmp("runner")
     cases = [
         {
             "id": c.id,

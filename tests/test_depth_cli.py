@@ -63,9 +63,9 @@ def _make_split(root: Path, name: str, n: int, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread):
+def trained(module_tmp, one_thread):
     """A depth-first (so the best checkpoint minimises AbsRel) presence + depth model."""
-    root = tmp_path_factory.mktemp("depth")
+    root = module_tmp("depth")
     train = _make_split(root, "train", 12, seed=1)
     val = _make_split(root, "val", 6, seed=2)
     run = root / "run"

@@ -107,8 +107,8 @@ def test_fit_fast_dev_run_with_presence_and_detection(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("detection")
+def trained(module_tmp):
+    root = module_tmp("detection")
     train = _box_split(root, "train", 24, seed=1)
     val = _box_split(root, "val", 12, seed=2)
     code = _fit(root, train, val, "--trainer.max_epochs=1", "--trainer.logger=false")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import signal
 from pathlib import Path
@@ -19,6 +18,7 @@ from drivemtl.cli import main
 from drivemtl.data.datamodule import DriveDataModule, SyntheticSplits
 from drivemtl.errors import DriveMTLError
 from drivemtl.module import MultiTaskModule
+from tests.conftest import run_in_fork
 
 TINY = [
     "--data.image_size=[32, 48]",
@@ -31,14 +31,6 @@ TINY = [
     "--trainer.enable_model_summary=false",
     "--seed_everything=3",
 ]
-
-
-def _in_child(target, *args, timeout: float = 300) -> int:
-    """Run ``target(*args)`` in a forked process; returns its exit code (-9: SIGKILLed)."""
-    child = multiprocessing.get_context("fork").Process(target=target, args=args)
-    child.start()
-    child.join(timeout=timeout)
-    return child.exitcode
 
 
 class KillAt(L.Callback):
@@ -72,7 +64,7 @@ def test_a_fit_killed_mid_epoch_resumes_to_the_same_result(tmp_path, tiny_presen
     assert fit(tmp_path / "whole") == 0
     killer = [{"class_path": f"{__name__}.KillAt", "init_args": {"epoch": 1, "batch": 2}}]
     killed = tmp_path / "killed"
-    code = _in_child(fit, killed, f"--trainer.callbacks={json.dumps(killer)}")
+    code = run_in_fork(fit, killed, f"--trainer.callbacks={json.dumps(killer)}")
     assert code == -signal.SIGKILL
     last = killed / "checkpoints" / "last.ckpt"
     assert load_checkpoint(last)["epoch"] == 0  # epoch 1's two batches are lost, as documented
@@ -116,7 +108,7 @@ def test_a_kill_while_a_checkpoint_is_written_leaves_the_old_one(tmp_path):
         finally:
             torch.save = original
 
-    assert _in_child(die_mid_write) == -signal.SIGKILL
+    assert run_in_fork(die_mid_write) == -signal.SIGKILL
     kept = load_checkpoint(target)  # whole and readable: the previous epoch's
     assert kept["epoch"] == 1 and torch.equal(kept["state_dict"]["w"], torch.ones(3))
     io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, target)
@@ -136,7 +128,7 @@ def test_a_kill_during_synthetic_generation_never_leaves_half_a_cache(tmp_path, 
         os.kill(os.getpid(), signal.SIGKILL)
 
     monkeypatch.setattr(synthetic, "generate_dataset", generate_then_die)
-    assert _in_child(data.prepare_data) == -signal.SIGKILL
+    assert run_in_fork(data.prepare_data) == -signal.SIGKILL
     root = data.synthetic_dir()
     assert not (root / "train").exists()  # only a partial folder, which no reader takes
     assert [p.name.split("-")[0] for p in root.iterdir()] == [".train.partial"]

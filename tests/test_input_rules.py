@@ -27,8 +27,8 @@ def _entry(image: str, value: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("rules")
+def trained(module_tmp) -> dict:
+    root = module_tmp("rules")
     for i in range(8):
         write_image(root / "img" / f"{i}.png", seed=i)
     write_jsonl(root / "train.jsonl", [_entry(f"img/{i}.png", i % 2) for i in range(6)])

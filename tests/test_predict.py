@@ -4,7 +4,6 @@ threshold overrides, kill-and-resume, agreement with ``drivemtl test``, and real
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 from pathlib import Path
@@ -22,7 +21,7 @@ from drivemtl.data.datasets import ImageBatch, ImageFolderDataset, collate_image
 from drivemtl.data.transforms import build_transform
 from drivemtl.errors import DriveMTLError
 from drivemtl.prediction import parse_thresholds
-from tests.conftest import require_shared_data, write_jsonl
+from tests.conftest import require_shared_data, run_in_fork, write_jsonl
 
 # Not the default class list, in another order: the checkpoint must carry it to every command.
 CLASSES = ["cyclist", "car", "pedestrian"]
@@ -65,9 +64,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread):
+def trained(module_tmp, one_thread):
     """One tiny checkpoint for the whole module, trained on a non-default class list."""
-    root = tmp_path_factory.mktemp("trained")
+    root = module_tmp("trained")
     train = _make_split(root, "train", 24, seed=1, unknown_rate=0.2)
     val = _make_split(root, "val", 16, seed=2, unknown_rate=0.15)
     run = root / "run"
@@ -317,14 +316,10 @@ def test_killed_run_resumes_with_each_image_once(trained, tmp_path):
         "--data.batch_size=3",
         *QUIET,
     ]
-    # A forked child (no second start-up of Python and torch) that SIGKILLs itself mid-run.
+    # A child that SIGKILLs itself mid-run.
     killer = [{"class_path": f"{__name__}.KillAfter", "init_args": {"batches": 2}}]
-    child = multiprocessing.get_context("fork").Process(
-        target=main, args=([*args, f"--trainer.callbacks={json.dumps(killer)}"],)
-    )
-    child.start()
-    child.join(timeout=120)
-    assert child.exitcode == -signal.SIGKILL
+    code = run_in_fork(main, [*args, f"--trainer.callbacks={json.dumps(killer)}"], timeout=120)
+    assert code == -signal.SIGKILL
     assert len(_lines(out / "predictions.jsonl")) == 6  # two whole batches of three
 
     # A kill in the middle of a write could leave half a line: resume must cut it off.

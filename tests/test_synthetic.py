@@ -56,9 +56,9 @@ def load_depth(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory) -> Path:
+def small(module_tmp) -> Path:
     """A small data set without dropout; returns its manifest."""
-    out = tmp_path_factory.mktemp("synthetic") / "a"
+    out = module_tmp("synthetic") / "a"
     return generate_dataset(out, N, seed=SEED, config=SyntheticConfig(width=W, height=H))
 
 
