@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from drivemtl.data.io import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH
+from drivemtl.metrics.indexed import IndexedMetric, cat_state
 
 METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
 """Column order of :func:`image_errors` and keys of the report (the metrics.json contract)."""
@@ -100,7 +100,7 @@ def depth_report(errors: Tensor, count: Tensor) -> dict:
     return report
 
 
-class DepthMetric(Metric):
+class DepthMetric(IndexedMetric):
     """Accumulates per-image depth errors over an epoch, synchronised across processes.
 
     Only 9 numbers per image are kept (no depth maps), keyed by the dataset index, so the
@@ -111,8 +111,6 @@ class DepthMetric(Metric):
         min_depth: Lower cap (see :func:`image_errors`).
         max_depth: Upper cap.
     """
-
-    full_state_update = False
 
     def __init__(
         self,
@@ -128,7 +126,6 @@ class DepthMetric(Metric):
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
         # Flat 1-D states: torchmetrics gathers them across processes without shape games.
-        self.add_state("index", default=[], dist_reduce_fx="cat")
         self.add_state("count", default=[], dist_reduce_fx="cat")
         self.add_state("errors", default=[], dist_reduce_fx="cat")
 
@@ -147,22 +144,15 @@ class DepthMetric(Metric):
             count = torch.zeros(len(index), dtype=torch.long, device=device)
         else:
             errors, count = image_errors(pred, target, self.min_depth, self.max_depth)
-        self.index.append(index.detach().to(count.device))
+        self.add_index(index, count.device)
         self.count.append(count)
         self.errors.append(errors.reshape(-1))
 
     def compute(self) -> tuple[Tensor, Tensor]:
         """Deduplicated ``(errors (N, 7), count (N,))`` of all processes, by dataset index."""
-        index, count, errors = (
-            torch.cat(x) if isinstance(x, list) else x
-            for x in (self.index, self.count, self.errors)
-        )
-        errors = errors.reshape(-1, len(METRICS))
-        order = torch.argsort(index, stable=True)
-        index, count, errors = index[order], count[order], errors[order]
-        first = torch.ones_like(index, dtype=torch.bool)
-        first[1:] = index[1:] != index[:-1]
-        return errors[first], count[first]
+        first = self.first_rows()
+        errors = cat_state(self.errors).reshape(-1, len(METRICS))
+        return errors[first], cat_state(self.count)[first]
 
     def report(self) -> dict:
         """:func:`depth_report` over everything accumulated (all processes)."""

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_area, box_iou
+
+from drivemtl.metrics.indexed import IndexedMetric, cat_state
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 """The default operating point of the detection score (FCOS: sqrt(class x centre-ness)). On
@@ -237,13 +238,13 @@ def detection_report(
     }
 
 
-class DetectionMetric(Metric):
+class DetectionMetric(IndexedMetric):
     """Accumulates detections and ground truth over an epoch, synchronised across processes.
 
     The states are flat tensors concatenated across steps and processes, with per-image row
     counts, so each image's boxes can be cut out again after the gather. Each image carries its
     dataset index, and duplicates (the padding a distributed sampler adds to even out ranks)
-    are dropped before computing, so every image counts once, as in ``PresenceMetric``.
+    are dropped before computing, so every image counts once (:class:`IndexedMetric`).
     torchmetrics' ``MeanAveragePrecision`` cannot drop them itself (its states carry no image
     identity), so it runs once in :meth:`report` over the de-duplicated images.
 
@@ -252,8 +253,6 @@ class DetectionMetric(Metric):
         score_threshold: The operating point for precision and recall.
     """
 
-    full_state_update = False
-
     def __init__(
         self, classes: Sequence[str], score_threshold: float = DEFAULT_SCORE_THRESHOLD, **kwargs
     ):
@@ -261,7 +260,6 @@ class DetectionMetric(Metric):
         self.classes = list(classes)
         self.score_threshold = float(score_threshold)
         for name in (
-            "index",
             "known",
             "counts",
             "pred_boxes",
@@ -278,7 +276,7 @@ class DetectionMetric(Metric):
         if not images:
             return
         device = self.device
-        self.index.append(index.detach().to(device).long().reshape(-1))
+        self.add_index(index, device)
         # As integers: not every distributed backend gathers bool tensors.
         self.known.append(torch.stack([img.known.long().to(device) for img in images]))
         self.counts.append(
@@ -300,35 +298,33 @@ class DetectionMetric(Metric):
         process's states into them.
         """
 
-        def cat(state) -> Tensor:
-            return torch.cat(state) if isinstance(state, list) else state
-
-        if isinstance(self.index, list) and not self.index:
+        first = self.first_rows()
+        if not len(first):
             return []
-        index, known, counts = cat(self.index), cat(self.known).bool(), cat(self.counts).long()
-        preds = [cat(self.pred_boxes), cat(self.pred_scores), cat(self.pred_labels)]
-        gts = [cat(self.gt_boxes), cat(self.gt_labels)]
-        ignore = cat(self.ignore)
+        known, counts = cat_state(self.known).bool(), cat_state(self.counts).long()
+        preds = [cat_state(self.pred_boxes), cat_state(self.pred_scores)]
+        preds.append(cat_state(self.pred_labels))
+        gts = [cat_state(self.gt_boxes), cat_state(self.gt_labels)]
+        ignore = cat_state(self.ignore)
         ends = counts.reshape(-1, 3).cumsum(0)
         starts = ends - counts.reshape(-1, 3)
-        images: dict[int, ImageBoxes] = {}
-        for i in range(len(index)):
-            key = int(index[i])
-            if key in images:
-                continue  # a padding duplicate
+        images = []
+        for i in first.tolist():
             p = slice(int(starts[i, 0]), int(ends[i, 0]))
             g = slice(int(starts[i, 1]), int(ends[i, 1]))
             m = slice(int(starts[i, 2]), int(ends[i, 2]))
-            images[key] = ImageBoxes(
-                preds[0][p].reshape(-1, 4),
-                preds[1][p].reshape(-1),
-                preds[2][p].reshape(-1),
-                gts[0][g].reshape(-1, 4),
-                gts[1][g].reshape(-1),
-                known[i],
-                ignore[m].reshape(-1, 4),
+            images.append(
+                ImageBoxes(
+                    preds[0][p].reshape(-1, 4),
+                    preds[1][p].reshape(-1),
+                    preds[2][p].reshape(-1),
+                    gts[0][g].reshape(-1, 4),
+                    gts[1][g].reshape(-1),
+                    known[i],
+                    ignore[m].reshape(-1, 4),
+                )
             )
-        return [images[k] for k in sorted(images)]
+        return images
 
     def compute(self) -> dict:
         """:func:`detection_report` over every process's images (torchmetrics syncs first).

@@ -10,11 +10,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.functional.classification import (
     binary_average_precision,
     binary_precision_recall_curve,
 )
+
+from drivemtl.metrics.indexed import IndexedMetric, cat_state
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -101,24 +102,18 @@ def presence_report(
     return {"map": sum(aps) / len(aps) if aps else None, "per_class": per_class}
 
 
-class PresenceMetric(Metric):
-    """Accumulates presence scores over an epoch, synchronised across processes.
-
-    Each sample carries its dataset index; duplicates (the padding a distributed sampler adds to
-    even out ranks) are removed before computing, so every image counts exactly once.
-    """
-
-    full_state_update = False
+class PresenceMetric(IndexedMetric):
+    """Accumulates presence scores over an epoch, synchronised across processes; every image
+    counts once (:class:`~drivemtl.metrics.indexed.IndexedMetric`)."""
 
     def __init__(self, classes: Sequence[str], **kwargs):
         super().__init__(**kwargs)
         self.classes = list(classes)
-        self.add_state("index", default=[], dist_reduce_fx="cat")
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
 
     def update(self, scores: Tensor, labels: Tensor, index: Tensor) -> None:
-        self.index.append(index.detach())
+        self.add_index(index, scores.device)
         self.scores.append(scores.detach().float())
         self.labels.append(labels.detach())
 
@@ -127,15 +122,8 @@ class PresenceMetric(Metric):
 
         torchmetrics gathers the states of every process before calling this.
         """
-        index, scores, labels = (
-            torch.cat(x) if isinstance(x, list) else x
-            for x in (self.index, self.scores, self.labels)
-        )
-        order = torch.argsort(index, stable=True)
-        index, scores, labels = index[order], scores[order], labels[order]
-        first = torch.ones_like(index, dtype=torch.bool)
-        first[1:] = index[1:] != index[:-1]
-        return scores[first], labels[first]
+        first = self.first_rows()
+        return cat_state(self.scores)[first], cat_state(self.labels)[first]
 
     def report(self, thresholds: Sequence[float] | None = None) -> dict:
         """:func:`presence_report` over everything accumulated (all processes)."""
