@@ -12,6 +12,8 @@ _EXPORTS = {
     "SyntheticSplits": "drivemtl.data.datamodule",
     "MultiTaskModule": "drivemtl.module",
     "MultiTaskNet": "drivemtl.models.net",
+    "Predictor": "drivemtl.deploy.predictor",
+    "load": "drivemtl.deploy.predictor",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

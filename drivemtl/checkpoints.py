@@ -11,7 +11,6 @@ downloaded first is checked like any other local file. ``file://`` URLs name loc
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import stat
@@ -24,7 +23,6 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from drivemtl.errors import DriveMTLError
 
@@ -163,33 +161,3 @@ def check_state_fits(
         f"{'; '.join(parts)}. Was its class list or a task option edited, or is it from "
         "another version of drivemtl?"
     )
-
-
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO with every load through :func:`load_checkpoint`.
-
-    The Trainer reads ``ckpt_path`` (fit resume, validate, test, predict; ``last`` and
-    ``best`` once resolved) through its strategy's checkpoint IO, so this covers them all.
-    Saves go to a file beside the target, then replace it in one rename, so a run killed
-    while writing never leaves a truncated ``best.ckpt`` / ``last.ckpt`` behind.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        # Lightning's own save goes through a temporary file in /tmp and a move, which is a
-        # copy (not atomic) when /tmp is another file system.
-        if storage_options is not None or _URL.match(str(path)):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        with open(partial, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        checkpoint = load_checkpoint(path, map_location=map_location or "cpu")
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise DriveMTLError(f"Checkpoint {path} is not a Lightning checkpoint (no weights).")
-        return checkpoint

@@ -33,10 +33,20 @@ def user_message(error: DriveMTLError) -> str:
     return trace[found.end() :].rstrip() if found else text
 
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "convert", "inspect", "evaluate", "compare")
+SUBCOMMANDS = (
+    "fit",
+    "validate",
+    "test",
+    "predict",
+    "export",
+    "convert",
+    "inspect",
+    "evaluate",
+    "compare",
+)
 
 USAGE = """\
-usage: drivemtl {fit,validate,test,predict,convert,inspect,evaluate,compare} ...
+usage: drivemtl {fit,validate,test,predict,export,convert,inspect,evaluate,compare} ...
 
 Multi-task learning on driving scenes (presence, detection, depth) with PyTorch Lightning.
 
@@ -45,6 +55,7 @@ subcommands (drivemtl <subcommand> --help for its options):
   validate   metrics of a checkpoint on the validation data (--ckpt_path)
   test       metrics of a checkpoint on the test data (--ckpt_path)
   predict    predictions.jsonl (+ overlays, depth maps) for a folder of images
+  export     a checkpoint to ONNX or TorchScript, with --check against the checkpoint
   convert    COCO, YOLO, VOC, BDD100K, KITTI or Cityscapes annotations -> manifest
   inspect    check manifests before training: every file decoded, labels, box sizes, depth
   evaluate   score a predictions.jsonl against a manifest, per class
@@ -184,6 +195,10 @@ def _dispatch(argv: list[str], lightning_args: list[str] | None) -> int:
             from drivemtl.evaluation import main as evaluate
 
             return evaluate(argv[1:])
+        if argv[0] == "export":
+            from drivemtl.deploy.cli import main as export
+
+            return export(argv[1:])
         if argv[0] == "compare":
             from drivemtl.mtl.compare import main as compare
 

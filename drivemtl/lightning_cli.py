@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from drivemtl.checkpoints import SafeCheckpointIO
+from drivemtl.checkpoint_io import SafeCheckpointIO
 from drivemtl.cli import RUN_DIR_ENV
 from drivemtl.console import hide_unactionable_messages, setup_console
 from drivemtl.data.datamodule import DriveDataModule
@@ -184,6 +184,24 @@ class DriveCLI(LightningCLI):
         if subcommand == "predict":
             check_predict_config(section)  # before any model is built
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the model's hyperparameters from ``--ckpt_path`` with
+        ``torch.load``; an exported file (``drivemtl predict --ckpt_path model.onnx``) holds
+        them in its model card instead, and its network runs in place of the model's."""
+        self._exported = None
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if subcommand != "predict" or not ckpt_path or not Path(ckpt_path).is_file():
+            return super()._parse_ckpt_path()
+        from drivemtl.deploy.runtimes import file_kind, read_card
+
+        if file_kind(ckpt_path) == "checkpoint":
+            return super()._parse_ckpt_path()
+        self._exported = str(ckpt_path)
+        hparams = {subcommand: {"model": dict(read_card(ckpt_path).hparams)}}
+        self.config = self.parser.parse_object(hparams, self.config)
+        return None
+
     def before_instantiate_classes(self) -> None:
         """A ``--ckpt_path`` holds the trained weights: the model it rebuilds (validate,
         test, predict, a resumed fit) reads no ``model.weights`` / ``model.init_from``."""
@@ -268,10 +286,14 @@ class DriveCLI(LightningCLI):
     def before_predict(self) -> None:
         writer = build_writer(self.config[self.subcommand], self.trainer.default_root_dir)
         self.trainer.callbacks.append(writer)
+        if self._exported:
+            self.model.use_exported(self._exported)
 
     def predict(self, model, datamodule, return_predictions=None, **kwargs) -> None:
         """Run prediction; the writer streams every batch to disk, so nothing is returned
         (returned predictions would hold the whole folder's results in memory)."""
+        if self._exported:
+            kwargs["ckpt_path"] = None  # no weights to load: the exported file runs
         with warnings.catch_warnings():
             # Checkpointing is off while predicting; the checkpoint's callback state is moot.
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")

@@ -17,15 +17,14 @@ from drivemtl import finetune
 from drivemtl.checkpoints import check_state_fits, load_checkpoint
 from drivemtl.data.batch import Batch
 from drivemtl.data.labels import DEFAULT_CLASSES
+from drivemtl.deploy.decode import decode_outputs
 from drivemtl.errors import DriveMTLError
-from drivemtl.models.backbones import Backbone
-from drivemtl.models.net import MultiTaskNet
-from drivemtl.models.sharing import NUM_STAGES, HardSharing, build_trunk
+from drivemtl.models.factory import build_network
+from drivemtl.models.sharing import NUM_STAGES, HardSharing
 from drivemtl.mtl.affinity import affinity_report, write_affinity
 from drivemtl.mtl.forward import buffers_kept, capture_features
-from drivemtl.mtl.granularity import resolve_loss_weights, restrict_report, task_terms, term_losses
+from drivemtl.mtl.granularity import resolve_loss_weights, restrict_report, term_losses
 from drivemtl.mtl.objective import build_objective
-from drivemtl.tasks import build_tasks
 
 EVAL_STAGES = ("val", "test")
 NO_INITIAL_WEIGHTS = {"weights": None, "init_from": None}
@@ -128,51 +127,48 @@ class MultiTaskModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.classes = list(classes)
-        configured = build_tasks(tasks or {"presence": {}})
-        self.terms = task_terms(configured, self.classes, granularity, single_task)
+        built = build_network(
+            classes,
+            backbone,
+            weights,
+            tasks,
+            sharing,
+            granularity,
+            single_task,
+            mean,
+            std,
+            channels_last,
+        )
+        self.classes = built.classes
+        self.terms = built.terms
         """The tasks that balancing, gradient methods and diagnostics see (heads or classes)."""
-        fixed = resolve_loss_weights(loss_weights, configured, self.classes, self.terms)
+        self.tasks = built.tasks
+        self.single_class = built.single_class
+        """``(head, class)`` of a single-class baseline, whose reports and predictions keep
+        that class only."""
+        # The values used travel in the checkpoint: a later default cannot change the model.
+        self.hparams["mean"], self.hparams["std"] = built.mean, built.std
         if single_task is None:
-            self.tasks = configured
+            fixed = resolve_loss_weights(loss_weights, built.configured, self.classes, self.terms)
             self.objective = build_objective(
                 [t.name for t in self.terms], fixed, balancing, gradients, diagnose_every
             )
         else:
-            # The baseline: one head, weight 1, nothing that only makes sense for several tasks.
-            self.tasks = {self.terms[0].head: configured[self.terms[0].head]}
+            # The baseline: weight 1, nothing that only makes sense for several tasks.
             if balancing not in (None, "fixed") or gradients is not None or diagnose_every:
                 rank_zero_info(
                     f"model.single_task={single_task}: trained alone with weight 1; "
                     "model.balancing, model.gradients and model.diagnose_every do not apply."
                 )
             self.objective = build_objective([single_task])
-        term = self.terms[0]
-        self.single_class = (
-            (term.head, self.classes[term.class_index])
-            if single_task is not None and term.class_index is not None
-            else None
-        )
-        """``(head, class)`` of a single-class baseline, whose reports and predictions keep
-        that class only."""
         frozen = finetune.frozen_stage_count(freeze)
-        trunk_backbone = Backbone(backbone, weights)
-        # The values used travel in the checkpoint: a later default cannot change the model.
-        self.hparams["mean"] = mean = tuple(trunk_backbone.mean if mean is None else mean)
-        self.hparams["std"] = std = tuple(trunk_backbone.std if std is None else std)
-        trunk = build_trunk(sharing, trunk_backbone, list(self.tasks))
+        trunk = built.trunk
         if self.objective.wants_features and not isinstance(trunk, HardSharing):
             raise DriveMTLError(
                 "model.gradients on: features needs model.sharing hard (one representation "
                 "that every head reads); use on: parameters with this sharing strategy."
             )
-        try:
-            heads = {n: t.build_head(trunk.channels, self.classes) for n, t in self.tasks.items()}
-        except ValueError as e:
-            raise DriveMTLError(str(e)) from None
-        self.net = MultiTaskNet(trunk, heads, mean, std)
-        if channels_last:
-            self.net.to(memory_format=torch.channels_last)
+        self.net = built.net
         if init_from is not None:
             finetune.init_from_checkpoint(self, init_from, self.classes)
         finetune.freeze_stages(trunk, frozen)
@@ -195,6 +191,9 @@ class MultiTaskModule(L.LightningModule):
         self.lr = lr
         self.lr_scheduler = lr_scheduler
         self.reports: dict[str, dict] = {}
+        self.runtime = None
+        """An exported file's runtime that ``predict`` runs instead of :attr:`net`
+        (:meth:`use_exported`); ``None``: the net."""
         self._skipped_steps = 0
         """The last report of each stage ("val", "test"): the sections of ``metrics.json``."""
 
@@ -435,20 +434,24 @@ class MultiTaskModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def use_exported(self, path: str | Path) -> None:
+        """Predict with an exported file (``drivemtl export``) in place of :attr:`net`: its
+        runtime computes the head outputs, its model card's decision state (thresholds)
+        goes into the heads that decoding reads."""
+        from drivemtl.deploy.card import load_decision_state
+        from drivemtl.deploy.runtimes import OnnxRuntime, TorchScriptRuntime, file_kind
+
+        kind = file_kind(path)
+        runtime = OnnxRuntime(path) if kind == "onnx" else TorchScriptRuntime(path)
+        load_decision_state(self.net.heads, runtime.card.decision_state)
+        self.runtime = runtime
+
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict]:
-        outputs = self(batch.images)
-        rows = [{"image": path} for path in batch.paths]
-        for name, task in self.tasks.items():
-            fields = task.decode(outputs[name], self.net.heads[name], batch, self.classes)
-            for row, extra in zip(rows, fields):
-                row.update(extra)
-        if self.single_class is not None:  # the other classes' outputs were never trained
-            kept = self.single_class[1]
-            for row in rows:
-                if "presence" in row:
-                    row["presence"] = {kept: row["presence"][kept]}
-                    row["present"] = [c for c in row["present"] if c == kept]
-        return rows
+        # An exported file (drivemtl predict --ckpt_path model.onnx) runs in place of the net.
+        outputs = self(batch.images) if self.runtime is None else self.runtime(batch.images)
+        return decode_outputs(
+            outputs, batch, self.tasks, self.net.heads, self.classes, self.single_class
+        )
 
     def configure_optimizers(self):
         own = self.objective.parameters()  # uncertainty's log-variances

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from drivemtl.checkpoints import check_file, load_checkpoint, local_path
@@ -118,4 +117,6 @@ def load_backbone_weights(
     unused = sorted(set(state) - used)
     model.load_state_dict({k: state[k] for k in used}, strict=False)
     note = f"; {len(unused)} unused (classifier / head, e.g. {unused[0]})" if unused else ""
+    from lightning.pytorch.utilities import rank_zero_info  # only when weights are read
+
     rank_zero_info(f"{WHAT} {path}: loaded {len(used)} tensors into {backbone}{note}.")

@@ -1,44 +1,37 @@
 """Folder inference: ``drivemtl predict`` writes predictions.jsonl, errors.jsonl and pictures.
 
 The pieces: :class:`PredictionWriter` (a Lightning prediction writer that streams lines to disk),
-the threshold override, the checkpoint-to-data alignment the CLI applies, and overlays.
+the threshold override, the checkpoint-to-data alignment the CLI applies, and overlays. Names
+load lazily: the Lightning-free predictor (:mod:`drivemtl.deploy`) uses the threshold and file
+helpers without importing Lightning.
 """
 
-from drivemtl.prediction.checkpoint import (
-    LIGHTNING_CKPT_NAMES,
-    align_data_with_checkpoint,
-    read_checkpoint_hparams,
-)
-from drivemtl.prediction.files import (
-    ERRORS,
-    PREDICTIONS,
-    RUN_INFO,
-    done_images,
-    iter_jsonl,
-    jsonl_to_csv,
-)
-from drivemtl.prediction.options import add_predict_arguments, build_writer, check_predict_config
-from drivemtl.prediction.overlay import render_overlay, write_overlay
-from drivemtl.prediction.thresholds import apply_thresholds, parse_thresholds
-from drivemtl.prediction.writer import PredictionWriter, PredictStats
+from importlib import import_module
 
-__all__ = [
-    "ERRORS",
-    "LIGHTNING_CKPT_NAMES",
-    "PREDICTIONS",
-    "RUN_INFO",
-    "PredictStats",
-    "PredictionWriter",
-    "add_predict_arguments",
-    "align_data_with_checkpoint",
-    "apply_thresholds",
-    "build_writer",
-    "check_predict_config",
-    "done_images",
-    "iter_jsonl",
-    "jsonl_to_csv",
-    "parse_thresholds",
-    "read_checkpoint_hparams",
-    "render_overlay",
-    "write_overlay",
-]
+_EXPORTS = {
+    "LIGHTNING_CKPT_NAMES": "drivemtl.prediction.checkpoint",
+    "align_data_with_checkpoint": "drivemtl.prediction.checkpoint",
+    "read_checkpoint_hparams": "drivemtl.prediction.checkpoint",
+    "ERRORS": "drivemtl.prediction.files",
+    "PREDICTIONS": "drivemtl.prediction.files",
+    "RUN_INFO": "drivemtl.prediction.files",
+    "done_images": "drivemtl.prediction.files",
+    "iter_jsonl": "drivemtl.prediction.files",
+    "jsonl_to_csv": "drivemtl.prediction.files",
+    "add_predict_arguments": "drivemtl.prediction.options",
+    "build_writer": "drivemtl.prediction.options",
+    "check_predict_config": "drivemtl.prediction.options",
+    "render_overlay": "drivemtl.prediction.overlay",
+    "write_overlay": "drivemtl.prediction.overlay",
+    "apply_thresholds": "drivemtl.prediction.thresholds",
+    "parse_thresholds": "drivemtl.prediction.thresholds",
+    "PredictionWriter": "drivemtl.prediction.writer",
+    "PredictStats": "drivemtl.prediction.writer",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'drivemtl.prediction' has no attribute {name!r}")

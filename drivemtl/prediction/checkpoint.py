@@ -19,11 +19,13 @@ from drivemtl.errors import DriveMTLError
 
 LIGHTNING_CKPT_NAMES = ("best", "last", "hpc")
 """``ckpt_path`` values that Lightning resolves to a local file itself (then read safely by
-:class:`~drivemtl.checkpoints.SafeCheckpointIO`)."""
+:class:`~drivemtl.checkpoint_io.SafeCheckpointIO`)."""
 
 
 def read_checkpoint_hparams(path: str | Path) -> dict[str, Any]:
     """The model and datamodule hyperparameters stored in a Lightning checkpoint.
+
+    An exported ``.onnx`` / TorchScript file (``drivemtl export``) answers from its model card.
 
     Returns:
         ``{"model": {...}, "data": {...}}`` (``data`` is empty when the checkpoint has none).
@@ -31,6 +33,10 @@ def read_checkpoint_hparams(path: str | Path) -> dict[str, Any]:
     Raises:
         DriveMTLError: When the file is missing, unreadable, or not a drivemtl checkpoint.
     """
+    from drivemtl.deploy.runtimes import file_kind, read_card
+
+    if Path(path).is_file() and file_kind(path) != "checkpoint":
+        return {"model": dict(read_card(path).hparams), "data": {}}
     # mmap: only the small hyperparameter dicts are read, not the weights.
     ckpt = load_checkpoint(path, mmap=True)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

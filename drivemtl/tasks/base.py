@@ -83,6 +83,14 @@ class Task(ABC):
     ) -> list[dict]:
         """Per-image prediction fields (original image pixels) for ``predictions.jsonl``."""
 
+    def agreement(
+        self, expected: Sequence[dict], actual: Sequence[dict]
+    ) -> dict[str, tuple[float, float]]:
+        """How far two decodings of the same images lie apart (an exported file against the
+        eager model): ``{measure: (value, largest value allowed)}`` over this task's fields.
+        """
+        return {}
+
     def scalars(self, report: dict) -> dict[str, float]:
         """Flat scalars to log from a report; undefined (``None``) values are left out."""
         out = {}

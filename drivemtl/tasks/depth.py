@@ -18,6 +18,9 @@ from drivemtl.data.batch import Batch
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, DepthMetric
 from drivemtl.tasks.base import Task
 
+DEPTH_TOLERANCE = 1e-3
+"""Largest relative depth difference an exported file may show against the eager model."""
+
 
 def upsample_log(depth: Tensor, size: Sequence[int]) -> Tensor:
     """Bilinear resize of a positive depth map in log space; returns the log-depth.
@@ -219,6 +222,22 @@ class DepthTask(Task):
 
     def report(self, metric: DepthMetric, head: nn.Module, choose_thresholds: bool) -> dict:
         return metric.report()
+
+    def agreement(
+        self, expected: Sequence[dict], actual: Sequence[dict]
+    ) -> dict[str, tuple[float, float]]:
+        """Largest relative depth difference over every pixel (limit 0.1 %)."""
+        gap = 0.0
+        for e, a in zip(expected, actual):
+            if e["depth"] is None or a["depth"] is None:
+                gap = gap if e["depth"] is a["depth"] else math.inf
+                continue
+            ref = torch.as_tensor(e["depth"]).double()
+            got = torch.as_tensor(a["depth"]).double()
+            if ref.shape != got.shape:
+                return {"depth, max relative difference": (math.inf, DEPTH_TOLERANCE)}
+            gap = max(gap, float(((got - ref).abs() / ref.clamp(min=1e-6)).max()))
+        return {"depth, max relative difference": (gap, DEPTH_TOLERANCE)}
 
     def decode(
         self, output: Tensor, head: nn.Module, batch: Batch, classes: Sequence[str]

@@ -36,6 +36,11 @@ from drivemtl.models.fcos import (
 )
 from drivemtl.tasks.base import Task
 
+BOX_TOLERANCE_PX = 0.5
+BOX_SCORE_SLACK = 1e-3
+"""An exported file's boxes: coordinates within 0.5 px of the eager model's; a box within 1e-3
+of ``min_score`` may be missing from either."""
+
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
 
@@ -270,6 +275,30 @@ class DetectionTask(Task):
         return metric.report()
 
     # -- prediction ----------------------------------------------------------------------------
+
+    def agreement(
+        self, expected: Sequence[dict], actual: Sequence[dict]
+    ) -> dict[str, tuple[float, float]]:
+        """Boxes matched per class, best score first, to the nearest unused box of the other
+        decoding: their largest coordinate difference in pixels (limit 0.5), and how many boxes
+        found no partner (limit 0). A box scoring within 1e-3 of ``min_score`` may appear in
+        one decoding only: a last-digit score difference can cross the cut-off."""
+        gap, lonely = 0.0, 0
+        for e, a in zip(expected, actual):
+            unused = list(a["boxes"])
+            for box in sorted(e["boxes"], key=lambda b: -b[5]):
+                same = [b for b in unused if b[4] == box[4]]
+                if not same:
+                    lonely += box[5] > self.min_score + BOX_SCORE_SLACK
+                    continue
+                near = min(same, key=lambda b: max(abs(b[k] - box[k]) for k in range(4)))
+                unused.remove(near)
+                gap = max(gap, max(abs(near[k] - box[k]) for k in range(4)))
+            lonely += sum(b[5] > self.min_score + BOX_SCORE_SLACK for b in unused)
+        return {
+            "boxes, max coordinate difference (px)": (gap, BOX_TOLERANCE_PX),
+            "boxes without a partner": (float(lonely), 0.0),
+        }
 
     def decode(
         self, output: dict, head: nn.Module, batch: Batch, classes: Sequence[str]

@@ -12,6 +12,9 @@ from drivemtl.data.batch import Batch
 from drivemtl.metrics.presence import DEFAULT_THRESHOLD, PresenceMetric
 from drivemtl.tasks.base import Task
 
+PROBABILITY_TOLERANCE = 1e-4
+"""Largest presence probability difference an exported file may show against the eager model."""
+
 
 def masked_bce(
     logits: Tensor, labels: Tensor, pos_weight: Tensor | None = None
@@ -131,6 +134,20 @@ class PresenceTask(Task):
             chosen = [report["per_class"][c]["threshold"] for c in metric.classes]
             head.thresholds.copy_(torch.tensor(chosen, dtype=head.thresholds.dtype))
         return report
+
+    def agreement(
+        self, expected: Sequence[dict], actual: Sequence[dict]
+    ) -> dict[str, tuple[float, float]]:
+        """Largest probability difference (limit 1e-4; decisions follow from the thresholds)."""
+        gap = max(
+            (
+                abs(e["presence"][c] - a["presence"].get(c, float("inf")))
+                for e, a in zip(expected, actual)
+                for c in e["presence"]
+            ),
+            default=0.0,
+        )
+        return {"presence probability, max abs difference": (gap, PROBABILITY_TOLERANCE)}
 
     def decode(
         self, output: Tensor, head: nn.Module, batch: Batch, classes: Sequence[str]
