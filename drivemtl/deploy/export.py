@@ -70,6 +70,7 @@ def export_model(
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # eval-mode asserts
                 traced = torch.jit.trace(graph, (example,), check_trace=False)
                 torch.jit.save(traced, str(partial), _extra_files={CARD_FILE: card.to_json()})
         os.replace(partial, output)  # a cut-short export never leaves a file that looks whole

@@ -10,7 +10,7 @@ path (:func:`~drivemtl.deploy.decode.decode_outputs`) gives each image the field
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -112,11 +112,17 @@ class Predictor:
         Raises:
             DriveMTLError: For an image that cannot be read or has an unusable shape.
         """
+        return [row for rows in self.iter_predict(images, batch_size) for row in rows]
+
+    def iter_predict(
+        self, images: ImageInput | Iterable[ImageInput], batch_size: int = 8
+    ) -> Iterator[list[dict[str, Any]]]:
+        """:meth:`predict`, one list of rows per batch as soon as it is done: constant memory
+        over a folder of any size, and the next batch decodes while the caller writes."""
         if batch_size < 1:
             raise DriveMTLError(f"batch_size must be >= 1, got {batch_size}.")
         single = _is_one_image(images)
         items = iter([images] if single else images)
-        rows: list[dict] = []
         pool = ThreadPoolExecutor(self.workers) if self.workers else None
         try:
             pending: deque = deque()
@@ -134,11 +140,10 @@ class Predictor:
                 take = min(batch_size, len(pending))
                 chunk = [p.result() if pool else self._prepare(p) for p in _popn(pending, take)]
                 fill()
-                rows += self._predict_prepared(chunk)
+                yield self._predict_prepared(chunk)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-        return rows
 
     def predict_batch(self, batch: Batch) -> list[dict]:
         """Rows for a batch already at the input size (what ``drivemtl predict`` feeds)."""
