@@ -13,7 +13,8 @@ import lightning as L
 import pytest
 import torch
 
-from drivemtl.checkpoints import SafeCheckpointIO, load_checkpoint
+from drivemtl.checkpoint_io import SafeCheckpointIO
+from drivemtl.checkpoints import load_checkpoint
 from drivemtl.cli import main
 from drivemtl.data.datamodule import DriveDataModule, SyntheticSplits
 from drivemtl.errors import DriveMTLError
