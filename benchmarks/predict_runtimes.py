@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.runtimes:
         started = time.perf_counter()
         predictor = build(name, ckpt, workdir, args.device, args.workers)
-        prepared = [predictor._prepare(p)[0] for p in paths[: args.batch_size]]
+        prepared = [predictor.prepare(p)[0] for p in paths[: args.batch_size]]
         batch = torch.stack(prepared)
         if args.device.startswith("cuda"):
             batch = batch.pin_memory()

@@ -26,7 +26,8 @@ from drivemtl.cli import RUN_DIR_ENV
 from drivemtl.console import hide_unactionable_messages, setup_console
 from drivemtl.data.datamodule import DriveDataModule
 from drivemtl.errors import DriveMTLError
-from drivemtl.module import NO_INITIAL_WEIGHTS, MultiTaskModule
+from drivemtl.models.factory import NO_INITIAL_WEIGHTS
+from drivemtl.module import MultiTaskModule
 from drivemtl.prediction import (
     LIGHTNING_CKPT_NAMES,
     PredictionWriter,

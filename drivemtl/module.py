@@ -19,7 +19,7 @@ from drivemtl.data.batch import Batch
 from drivemtl.data.labels import DEFAULT_CLASSES
 from drivemtl.deploy.decode import decode_outputs
 from drivemtl.errors import DriveMTLError
-from drivemtl.models.factory import build_network
+from drivemtl.models.factory import NO_INITIAL_WEIGHTS, build_network
 from drivemtl.models.sharing import NUM_STAGES, HardSharing
 from drivemtl.mtl.affinity import affinity_report, write_affinity
 from drivemtl.mtl.forward import buffers_kept, capture_features
@@ -27,8 +27,6 @@ from drivemtl.mtl.granularity import resolve_loss_weights, restrict_report, term
 from drivemtl.mtl.objective import build_objective
 
 EVAL_STAGES = ("val", "test")
-NO_INITIAL_WEIGHTS = {"weights": None, "init_from": None}
-"""Hyperparameters of a model rebuilt around a checkpoint's weights (nothing else to read)."""
 
 
 class MultiTaskModule(L.LightningModule):

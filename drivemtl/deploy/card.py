@@ -82,6 +82,21 @@ class ModelCard:
         return card
 
 
+def json_ready(value: Any) -> Any:
+    """Plain data as JSON takes it (tuples become lists, keys strings).
+
+    Raises:
+        TypeError: For anything else (a tensor, an object).
+    """
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    raise TypeError(f"{value!r} is not plain data (numbers, strings, lists, mappings)")
+
+
 def decision_state(heads: Mapping[str, nn.Module]) -> dict[str, dict[str, list]]:
     """Each head's own buffers (not its layers'), as lists: what decoding reads from a head."""
     return {

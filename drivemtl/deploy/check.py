@@ -72,7 +72,7 @@ def check_export(
 
 
 def _raw_measures(eager: Predictor, other: Predictor, inputs: list) -> list[Measure]:
-    images = torch.stack([eager._prepare(item)[0] for item in inputs])
+    images = torch.stack([eager.prepare(item)[0] for item in inputs])
     ref, _ = flatten_outputs(eager.runtime(images))
     got, _ = flatten_outputs(other.runtime(images))
     out = []

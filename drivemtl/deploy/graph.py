@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from drivemtl.deploy.card import json_ready
 from drivemtl.models.net import MultiTaskNet
 
 INPUT_NAME = "images"
@@ -37,7 +38,7 @@ def flatten_outputs(outputs: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict
             if isinstance(value, Tensor):
                 tensors[f"{task}.{key}"] = value
             else:
-                static.setdefault(task, {})[key] = _plain(value)
+                static.setdefault(task, {})[key] = json_ready(value)
     return tensors, static
 
 
@@ -53,15 +54,6 @@ def unflatten_outputs(tensors: Mapping[str, Tensor], static: Mapping[str, dict])
     for task, values in static.items():
         outputs.setdefault(task, {}).update(values)
     return outputs
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready form of plain head data (tuples become lists)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    raise TypeError(f"head output entry {value!r} is neither a tensor nor plain data")
 
 
 class ExportGraph(nn.Module):

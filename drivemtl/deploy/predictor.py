@@ -25,7 +25,7 @@ from drivemtl.data.batch import Batch
 from drivemtl.data.io import load_rgb_reduced
 from drivemtl.data.labels import UNKNOWN
 from drivemtl.data.transforms import Resize
-from drivemtl.deploy.card import DecisionState, ModelCard, decision_state
+from drivemtl.deploy.card import DecisionState, ModelCard, decision_state, json_ready
 from drivemtl.deploy.decode import decode_outputs
 from drivemtl.deploy.runtimes import (
     EagerRuntime,
@@ -36,15 +36,13 @@ from drivemtl.deploy.runtimes import (
     file_kind,
 )
 from drivemtl.errors import DriveMTLError
-from drivemtl.models.factory import network_from_hparams, tasks_from_hparams
+from drivemtl.models.factory import NO_INITIAL_WEIGHTS, network_from_hparams, tasks_from_hparams
 from drivemtl.models.net import MultiTaskNet
 from drivemtl.prediction.thresholds import apply_thresholds
 
 ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 """A path, a PIL image, an (H, W, 3) / (H, W) array, or a (3, H, W) tensor; uint8, or float
 in [0, 1]."""
-
-_NO_INITIAL_WEIGHTS = {"weights": None, "init_from": None}
 
 
 class Predictor:
@@ -133,12 +131,12 @@ class Predictor:
                     item = next(items, _END)
                     if item is _END:
                         return
-                    pending.append(pool.submit(self._prepare, item) if pool else item)
+                    pending.append(pool.submit(self.prepare, item) if pool else item)
 
             fill()
             while pending:
                 take = min(batch_size, len(pending))
-                chunk = [p.result() if pool else self._prepare(p) for p in _popn(pending, take)]
+                chunk = [p.result() if pool else self.prepare(p) for p in _popn(pending, take)]
                 fill()
                 yield self._predict_prepared(chunk)
         finally:
@@ -171,7 +169,7 @@ class Predictor:
                     row[key] = value.numpy()
         return rows
 
-    def _prepare(self, item: ImageInput) -> tuple[Tensor, tuple[int, int], str | None]:
+    def prepare(self, item: ImageInput) -> tuple[Tensor, tuple[int, int], str | None]:
         """(3, H, W) uint8 at the input size, the original (height, width), and the path."""
         path = None
         if isinstance(item, (str, Path)):
@@ -253,7 +251,7 @@ def net_from_checkpoint(path: str | Path) -> tuple[MultiTaskNet, ModelCard]:
         raise DriveMTLError(f"{path} is not a Lightning checkpoint (no 'state_dict').")
     stored = checkpoint.get("hyper_parameters") or {}
     hparams = {k: v for k, v in stored.items() if not k.startswith("_")}
-    hparams.update(_NO_INITIAL_WEIGHTS)
+    hparams.update(NO_INITIAL_WEIGHTS)  # the card's copy must never read them either
     network = network_from_hparams(hparams)
     net = network.net
     state = {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
@@ -261,9 +259,9 @@ def net_from_checkpoint(path: str | Path) -> tuple[MultiTaskNet, ModelCard]:
     net.load_state_dict(state)
     net.eval()
     card = ModelCard(
-        hparams=_plain(hparams),
+        hparams=json_ready(hparams),
         decision_state=decision_state(net.heads),
-        image_size=tuple(int(v) for v in hparams.get("image_size", (192, 320))),
+        image_size=tuple(int(v) for v in hparams["image_size"]),
         source=str(Path(path).resolve()),
     )
     return net, card
@@ -311,17 +309,6 @@ def load(
     else:
         runtime = TorchScriptRuntime(path, device=device)
     return Predictor(runtime, runtime.card, workers=workers)
-
-
-def _plain(value: Any) -> Any:
-    """Hyperparameters as JSON-ready data (tuples become lists)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    return str(value)
 
 
 __all__ = ["ImageInput", "Predictor", "load", "net_from_checkpoint"]

@@ -123,6 +123,9 @@ def tasks_from_hparams(hparams: Mapping[str, Any]) -> tuple[dict[str, Task], tup
     return chosen, single_class
 
 
+NO_INITIAL_WEIGHTS = {"weights": None, "init_from": None}
+"""Hyperparameters of a model rebuilt around trained weights (no initial weights to read)."""
+
 _BUILD_ARGUMENTS = tuple(inspect.signature(build_network).parameters)
 
 
