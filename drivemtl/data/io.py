@@ -191,5 +191,16 @@ def load_depth(path: str | Path, scale: float = DEPTH_PNG_SCALE) -> np.ndarray:
 
 def save_depth_png(depth: np.ndarray, path: str | Path) -> None:
     """Write metres as a KITTI-convention uint16 PNG (values clipped to the uint16 range)."""
+    import cv2  # here: light commands (convert) read depth maps without loading OpenCV
+
     raw = np.clip(np.round(depth * DEPTH_PNG_SCALE), 0, 65535).astype(np.uint16)
-    Image.fromarray(raw).save(path, compress_level=1)
+    # OpenCV's encoder at zlib level 1 with the "up" row filter (depth changes slowly down an
+    # image): smaller files than Pillow's adaptive filters in about 60 % of the time
+    # (benchmarks/predict_runtimes.py). Written from bytes, so any path works.
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+    done, encoded = cv2.imencode(".png", raw, params)
+    if not done:
+        raise OSError(f"could not encode the depth map for {path}")
+    Path(path).write_bytes(encoded.tobytes())

@@ -116,12 +116,18 @@ class Predictor:
         self, images: ImageInput | Iterable[ImageInput], batch_size: int = 8
     ) -> Iterator[list[dict[str, Any]]]:
         """:meth:`predict`, one list of rows per batch as soon as it is done: constant memory
-        over a folder of any size, and the next batch decodes while the caller writes."""
+        over a folder of any size.
+
+        With ``workers``, a pipeline: threads decode and resize the next images, and one thread
+        decodes batch k's outputs (NMS, depth at the original size) while the network runs
+        batch k + 1 and the caller writes batch k - 1. The rows are the same either way.
+        """
         if batch_size < 1:
             raise DriveMTLError(f"batch_size must be >= 1, got {batch_size}.")
         single = _is_one_image(images)
         items = iter([images] if single else images)
         pool = ThreadPoolExecutor(self.workers) if self.workers else None
+        decoder = ThreadPoolExecutor(1) if self.workers else None
         try:
             pending: deque = deque()
 
@@ -134,25 +140,46 @@ class Predictor:
                     pending.append(pool.submit(self.prepare, item) if pool else item)
 
             fill()
+            previous = None
             while pending:
                 take = min(batch_size, len(pending))
                 chunk = [p.result() if pool else self.prepare(p) for p in _popn(pending, take)]
                 fill()
-                yield self._predict_prepared(chunk)
+                batch = self._batch(chunk)
+                outputs = self.runtime(batch.images)
+                if decoder is None:
+                    yield self.decode(outputs, batch)
+                    continue
+                current = decoder.submit(self.decode, outputs, batch)
+                if previous is not None:
+                    yield previous.result()
+                previous = current
+            if previous is not None:
+                yield previous.result()
         finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+            for executor in (pool, decoder):
+                if executor is not None:
+                    executor.shutdown(cancel_futures=True)
 
     def predict_batch(self, batch: Batch) -> list[dict]:
-        """Rows for a batch already at the input size (what ``drivemtl predict`` feeds)."""
-        outputs = self.runtime(batch.images)
-        return decode_outputs(
-            outputs, batch, self.tasks, self.heads, self.classes, self.single_class
-        )
+        """Rows for a batch already at the input size (e.g. decoded on the GPU)."""
+        return self.decode(self.runtime(batch.images), batch)
 
-    def _predict_prepared(self, chunk: list[tuple[Tensor, tuple[int, int], str | None]]) -> list:
+    def decode(self, outputs: Mapping[str, Any], batch: Batch) -> list[dict]:
+        """Rows from the network's raw outputs for ``batch``, arrays in place of tensors."""
+        with torch.inference_mode():
+            rows = decode_outputs(
+                outputs, batch, self.tasks, self.heads, self.classes, self.single_class
+            )
+        for row in rows:
+            for key, value in row.items():
+                if isinstance(value, Tensor):
+                    row[key] = value.numpy()
+        return rows
+
+    def _batch(self, chunk: list[tuple[Tensor, tuple[int, int], str | None]]) -> Batch:
         n = len(chunk)
-        batch = Batch(
+        return Batch(
             images=torch.stack([c[0] for c in chunk]),
             presence=torch.full((n, len(self.classes)), UNKNOWN, dtype=torch.long),
             index=torch.arange(n),
@@ -162,12 +189,6 @@ class Predictor:
             box_labels=[None] * n,
             ignore=[None] * n,
         )
-        rows = self.predict_batch(batch)
-        for row in rows:
-            for key, value in row.items():
-                if isinstance(value, Tensor):
-                    row[key] = value.numpy()
-        return rows
 
     def prepare(self, item: ImageInput) -> tuple[Tensor, tuple[int, int], str | None]:
         """(3, H, W) uint8 at the input size, the original (height, width), and the path."""
