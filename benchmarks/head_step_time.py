@@ -59,7 +59,7 @@ def synthetic_batch(size: int, height: int, width: int, cache: Path) -> Batch:
         num_workers=0,
         synthetic=synthetic,
         cache_dir=cache,
-        load_depth=True,
+        pixel_labels=["depth"],
     )
     data.prepare_data()
     data.setup("validate")

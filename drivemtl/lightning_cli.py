@@ -39,15 +39,16 @@ from drivemtl.prediction import (
 from drivemtl.reporting import format_report, write_metrics
 
 
-def tasks_need_depth(tasks: dict | None) -> bool:
-    """Whether a ``model.tasks`` mapping names a task that trains on depth maps.
+def task_pixel_labels(tasks: dict | None) -> list[str]:
+    """The per-pixel label maps (``Task.pixel_label``) a ``model.tasks`` mapping trains on.
 
     ``None`` is the module's default (presence only). An unknown name is left for the model
     to report.
     """
     from drivemtl.tasks import TASKS
 
-    return any(getattr(TASKS.get(name), "needs_depth", False) for name in tasks or {})
+    labels = (getattr(TASKS.get(name), "pixel_label", None) for name in tasks or {})
+    return [label for label in labels if label]
 
 
 def warn_model_options_ignored(subcommand: str, section, argv) -> None:
@@ -150,7 +151,7 @@ class DriveCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size")
         # Depth maps are decoded only when a task trains on them, and the user never says so
         # twice: the task list decides (also when it comes from a --ckpt_path).
-        parser.link_arguments("model.tasks", "data.load_depth", compute_fn=tasks_need_depth)
+        parser.link_arguments("model.tasks", "data.pixel_labels", compute_fn=task_pixel_labels)
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         # LightningCLI has no per-subcommand hook; the output options belong to predict only.

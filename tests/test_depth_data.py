@@ -52,12 +52,14 @@ def test_flip_and_scale_crop_keep_the_values_at_the_moved_positions():
     transform.set_random_seed(1)
     seen = set()
     for _ in range(24):
-        out = transform(image=image, mask=depth, bboxes=np.zeros((0, 4)), box_labels=[], box_ids=[])
+        out = transform(
+            image=image, masks=[depth], bboxes=np.zeros((0, 4)), box_labels=[], box_ids=[]
+        )
         applied = dict(out["applied_transforms"])
         expected = depth[:, ::-1] if "HorizontalFlip" in applied else depth
         x1, y1, x2, y2 = applied["RandomResizedCrop"]["crop_coords"]
         expected = _nearest_resize(expected[y1:y2, x1:x2], 64, 96)
-        np.testing.assert_array_equal(out["mask"], expected)
+        np.testing.assert_array_equal(np.asarray(out["masks"][0]), expected)
         seen.add(("HorizontalFlip" in applied, "ColorJitter" in applied, (x2 - x1) < W))
     flips = {s[0] for s in seen}
     assert flips == {True, False} and any(s[1] for s in seen) and any(s[2] for s in seen)
@@ -69,11 +71,11 @@ def test_dataset_depth_through_a_kitti_png_and_the_eval_resize(tmp_path):
     save_depth_png(depth, tmp_path / "a_depth.png")
     entry = {"image": "a.png", "presence": {"car": 1}, "depth": "a_depth.png"}
     records = read_manifest(write_jsonl(tmp_path / "m.jsonl", [entry]), CLASSES)
-    sample = ManifestDataset(records, build_transform((48, 80), False), load_depth=True)[0]
+    sample = ManifestDataset(records, build_transform((48, 80), False), pixel_labels=["depth"])[0]
     # Halving is nearest-neighbour: every other row and column, values untouched.
-    assert sample.depth.shape == (1, 48, 80)
-    np.testing.assert_array_equal(sample.depth[0].numpy(), depth[::2, ::2])
-    assert ManifestDataset(records, build_transform((48, 80), False))[0].depth is None
+    assert sample.maps["depth"].shape == (1, 48, 80)
+    np.testing.assert_array_equal(sample.maps["depth"][0].numpy(), depth[::2, ::2])
+    assert "depth" not in ManifestDataset(records, build_transform((48, 80), False))[0].maps
 
 
 def _write_pair(tmp_path, name: str, depth_file: str) -> list:
@@ -95,11 +97,11 @@ def test_npy_metres_and_a_configured_png_scale(tmp_path):
         train_manifest=str(tmp_path / "mm.jsonl"),
         val_manifest=str(tmp_path / "mm.jsonl"),
         image_size=(32, 48),
-        load_depth=True,
+        pixel_labels=["depth"],
         depth_scale=1000.0,
     )
     module.setup("fit")
-    assert torch.allclose(module.datasets["val"][0].depth, torch.tensor(12.345))
+    assert torch.allclose(module.datasets["val"][0].maps["depth"], torch.tensor(12.345))
     with pytest.raises(DriveMTLError, match="depth_scale"):
         DriveDataModule(depth_scale=0)
 
@@ -122,17 +124,17 @@ def test_bad_depth_files_name_the_manifest_line_and_the_problem(tmp_path):
     Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
     records = _write_pair(tmp_path, "rgb", "rgb.png")
     with pytest.raises(DriveMTLError, match=r"rgb\.jsonl:1: .*rgb\.png.*16-bit.*'RGB'"):
-        ManifestDataset(records, build_transform((4, 6), False), load_depth=True)[0]
+        ManifestDataset(records, build_transform((4, 6), False), pixel_labels=["depth"])[0]
 
     np.save(tmp_path / "cube.npy", np.zeros((2, 4, 6)))
     records = _write_pair(tmp_path, "cube", "cube.npy")
     with pytest.raises(DriveMTLError, match=r"cube\.jsonl:1: .*2-D.*\(2, 4, 6\)"):
-        ManifestDataset(records, build_transform((4, 6), False), load_depth=True)[0]
+        ManifestDataset(records, build_transform((4, 6), False), pixel_labels=["depth"])[0]
 
     save_depth_png(np.ones((5, 6)), tmp_path / "tall.png")
     records = _write_pair(tmp_path, "tall", "tall.png")
     with pytest.raises(DriveMTLError, match=r"tall\.jsonl:1: .*6x5 but the image is 6x4"):
-        ManifestDataset(records, build_transform((4, 6), False), load_depth=True)[0]
+        ManifestDataset(records, build_transform((4, 6), False), pixel_labels=["depth"])[0]
 
 
 def test_images_without_depth_add_nothing_to_a_mixed_batch(tmp_path):
@@ -143,14 +145,16 @@ def test_images_without_depth_add_nothing_to_a_mixed_batch(tmp_path):
     save_depth_png(depth, tmp_path / "a_d.png")
     entries = [{"image": "a.png", "depth": "a_d.png"}, {"image": "b.png"}]
     records = read_manifest(write_jsonl(tmp_path / "m.jsonl", entries), CLASSES)
-    dataset = ManifestDataset(records, build_transform((4, 6), False), load_depth=True)
+    dataset = ManifestDataset(records, build_transform((4, 6), False), pixel_labels=["depth"])
     batch = collate([dataset[0], dataset[1]])
-    assert batch.depth.shape == (2, 1, 4, 6) and not batch.depth[1].any()  # zero-filled
+    assert (
+        batch.maps["depth"].shape == (2, 1, 4, 6) and not batch.maps["depth"][1].any()
+    )  # zero-filled
     pred = torch.full((2, 1, 4, 6), 10.0)
-    loss, count = silog_loss(pred, batch.depth)
-    alone, _ = silog_loss(pred[:1], batch.depth[:1])
+    loss, count = silog_loss(pred, batch.maps["depth"])
+    alone, _ = silog_loss(pred[:1], batch.maps["depth"][:1])
     assert count == 2 and float(loss) == pytest.approx(float(alone))
-    assert collate([dataset[1], dataset[1]]).depth is None
+    assert "depth" not in collate([dataset[1], dataset[1]]).maps
 
 
 def test_crop_zoom_by_hand():
@@ -171,7 +175,7 @@ def test_zoom_correction_divides_the_moved_values_by_the_crop_zoom(tmp_path):
         write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "depth": "a_depth.png"}]), CLASSES
     )
     dataset = ManifestDataset(
-        records, build_transform((64, 96), True), load_depth=True, depth_zoom_correction=True
+        records, build_transform((64, 96), True), pixel_labels=["depth"], depth_zoom_correction=True
     )
     replay = build_transform((64, 96), True)
     replay.save_applied_params = True
@@ -192,7 +196,7 @@ def test_zoom_correction_divides_the_moved_values_by_the_crop_zoom(tmp_path):
         x1, y1, x2, y2 = applied["RandomResizedCrop"]["crop_coords"]
         zoom = ((W / (x2 - x1)) * (H / (y2 - y1))) ** 0.5
         expected = _nearest_resize(moved[y1:y2, x1:x2], 64, 96) / zoom
-        np.testing.assert_allclose(sample.depth[0].numpy(), expected, rtol=1e-6)
-        assert ((sample.depth[0] == 0).numpy() == (expected == 0)).all()
+        np.testing.assert_allclose(sample.maps["depth"][0].numpy(), expected, rtol=1e-6)
+        assert ((sample.maps["depth"][0] == 0).numpy() == (expected == 0)).all()
         zooms.append(zoom)
     assert min(zooms) >= 1.0 and max(zooms) > 1.05  # real crops were exercised

@@ -34,12 +34,12 @@ def test_box_and_depth_follow_the_image(scene, train):
     transform = build_transform((64, 96), train=train)
     if train:
         transform.set_random_seed(0)
-    dataset = ManifestDataset(scene, transform, load_depth=True)
+    dataset = ManifestDataset(scene, transform, pixel_labels=["depth"])
     flips_seen = set()
     for _ in range(30):
         sample = dataset[0]
         image = sample.image.float().mean(0)  # (H, W); colour jitter keeps white bright
-        depth = sample.depth[0]
+        depth = sample.maps["depth"][0]
         # Nearest-neighbour resampling: no invented values between 10 m and 50 m.
         assert set(torch.unique(depth).tolist()) <= {0.0, 10.0, 50.0}
         if sample.presence[1] == -1:  # the crop cut the car away: unknown, never 0
@@ -76,7 +76,7 @@ def test_eval_resize_equals_albumentations_resize(scene):
     record = scene[0]
     inputs = {
         "image": load_rgb(record.image),
-        "mask": load_depth(record.depth),
+        "masks": [load_depth(record.map_path("depth"))],
         "bboxes": np.float32([[40, 30, 100, 70], [0, 0, 160.005, 96]]),  # one a hair outside
         "box_labels": [1, 0],
         "box_ids": [0, 1],
@@ -87,7 +87,7 @@ def test_eval_resize_equals_albumentations_resize(scene):
     )(**inputs)
     ours = build_transform((48, 80), train=False)(**inputs)
     assert np.array_equal(ours["image"], reference["image"])
-    assert np.array_equal(ours["mask"], reference["mask"])
+    assert np.array_equal(ours["masks"][0], np.asarray(reference["masks"][0]))
     assert np.allclose(ours["bboxes"], np.asarray(reference["bboxes"]), atol=1e-4)
     assert ours["box_labels"] == list(reference["box_labels"])
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import Tensor
+
+from drivemtl.data.pixel_labels import PIXEL_LABELS
 
 
 @dataclass
@@ -21,7 +23,9 @@ class Sample:
         boxes: (N, 4) float boxes in transformed pixels, or ``None`` when not annotated.
         box_labels: (N,) long class indices, or ``None``.
         ignore: (M, 4) float regions that are neither object nor background, or ``None``.
-        depth: (1, H, W) float metres, 0 = no measurement, or ``None``.
+        maps: Per-pixel label maps by key (:mod:`drivemtl.data.pixel_labels`), each
+            (1, H, W): depth in float metres (0 = no measurement), segmentation as long class
+            indices (255 = not annotated). A key is absent when the image has no such map.
     """
 
     image: Tensor
@@ -32,7 +36,7 @@ class Sample:
     boxes: Tensor | None = None
     box_labels: Tensor | None = None
     ignore: Tensor | None = None
-    depth: Tensor | None = None
+    maps: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -40,8 +44,8 @@ class Batch:
     """A collated batch. Per-image box lists stay lists: their lengths differ.
 
     ``boxes[i] is None`` means image i has no box annotation at all (not "no objects").
-    ``depth`` is ``None`` when no image of the batch has depth; otherwise images without depth
-    have an all-zero map (no valid pixel).
+    ``maps[key]`` is (B, 1, H, W), present when at least one image of the batch has that map;
+    the other images' maps are filled with the label's ``fill`` (no labelled pixel).
     """
 
     images: Tensor
@@ -52,7 +56,7 @@ class Batch:
     boxes: list[Tensor | None]
     box_labels: list[Tensor | None]
     ignore: list[Tensor | None]
-    depth: Tensor | None = None
+    maps: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def presence_mask(self) -> Tensor:
@@ -73,19 +77,21 @@ def _map_tensors(batch: Batch, fn) -> Batch:
             return fn(value)
         if isinstance(value, list):
             return [apply(v) for v in value]
+        if isinstance(value, dict):
+            return {k: apply(v) for k, v in value.items()}
         return value
 
     return replace(batch, **{f.name: apply(getattr(batch, f.name)) for f in fields(batch)})
 
 
 def collate(samples: list[Sample]) -> Batch:
-    """Stack images and presence; keep boxes as per-image lists; zero-fill missing depth."""
-    depth = None
-    if any(s.depth is not None for s in samples):
-        shape = (1, *samples[0].image.shape[-2:])
-        depth = torch.stack(
-            [s.depth if s.depth is not None else torch.zeros(shape) for s in samples]
-        )
+    """Stack images and presence; keep boxes as per-image lists; fill missing label maps."""
+    maps = {}
+    for key in dict.fromkeys(k for s in samples for k in s.maps):
+        given = next(s.maps[key] for s in samples if key in s.maps)
+        blank = torch.full((1, *samples[0].image.shape[-2:]), PIXEL_LABELS[key].fill)
+        blank = blank.to(given.dtype)
+        maps[key] = torch.stack([s.maps.get(key, blank) for s in samples])
     return Batch(
         images=torch.stack([s.image for s in samples]),
         presence=torch.stack([s.presence for s in samples]),
@@ -95,5 +101,5 @@ def collate(samples: list[Sample]) -> Batch:
         boxes=[s.boxes for s in samples],
         box_labels=[s.box_labels for s in samples],
         ignore=[s.ignore for s in samples],
-        depth=depth,
+        maps=maps,
     )

@@ -87,8 +87,9 @@ class DriveDataModule(L.LightningDataModule):
         synthetic: The synthetic set's settings (used only without manifests).
         cache_dir: Where the synthetic set is generated; default ``$DRIVEMTL_CACHE`` or
             ``~/.cache/drivemtl``.
-        load_depth: Decode depth maps. The CLI sets it from ``model.tasks`` (true when a depth
-            task is trained), so it is not a command-line option there.
+        pixel_labels: Keys of the per-pixel label maps to decode (depth, segmentation). The
+            CLI sets it from ``model.tasks`` (each task's ``pixel_label``), so it is not a
+            command-line option there.
         depth_scale: Units per metre in 16-bit depth PNGs (256: the KITTI convention of the
             manifest format); ``.npy`` depth maps are read as metres.
         depth_zoom_correction: Divide training depth by the zoom of the scale-crop
@@ -113,7 +114,7 @@ class DriveDataModule(L.LightningDataModule):
         augment: bool = True,
         synthetic: SyntheticSplits | None = None,
         cache_dir: str | None = None,
-        load_depth: bool = False,
+        pixel_labels: list[str] = [],
         depth_scale: float = DEPTH_PNG_SCALE,
         depth_zoom_correction: bool = False,
         inspect: bool = False,
@@ -267,7 +268,7 @@ class DriveDataModule(L.LightningDataModule):
                 self.records(split),
                 build_transform(self.image_size, train=train),
                 decode_at_least=decode_size(self.image_size, train),
-                load_depth=self.hparams.load_depth,
+                pixel_labels=self.hparams.pixel_labels,
                 depth_scale=self.hparams.depth_scale,
                 depth_zoom_correction=self.hparams.depth_zoom_correction,
             )

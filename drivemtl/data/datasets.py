@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -15,9 +16,9 @@ from torch.utils.data import Dataset, get_worker_info
 
 from drivemtl.data.batch import Batch, Sample, collate
 from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS, load_rgb_reduced
-from drivemtl.data.io import load_depth as load_depth_map
 from drivemtl.data.labels import POSITIVE, UNKNOWN
 from drivemtl.data.manifest import Record
+from drivemtl.data.pixel_labels import PIXEL_LABELS
 from drivemtl.data.transforms import Resize, crop_zoom, seed_transform
 from drivemtl.errors import DriveMTLError
 
@@ -28,48 +29,48 @@ def _as_tensor_image(image: np.ndarray) -> torch.Tensor:
 
 def read_record(
     record: Record,
-    load_depth: bool = True,
-    depth_scale: float = DEPTH_PNG_SCALE,
+    labels: Sequence[str] = (),
+    options: Mapping[str, Any] | None = None,
     at_least: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
-    """Decode a record's image and, with ``load_depth``, its depth map, as training does.
+) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[int, int]]:
+    """Decode a record's image and the label maps it has of ``labels``, as training does.
 
     Args:
         record: The manifest entry.
-        load_depth: Decode its depth map too.
-        depth_scale: Units per metre of 16-bit depth PNGs.
+        labels: Keys of the per-pixel label maps to decode (:data:`PIXEL_LABELS`).
+        options: Options of the maps' readers (``depth_scale``: units per metre of 16-bit
+            depth PNGs).
         at_least: Decode a JPEG at a reduced scale still this (height, width) large (see
-            :func:`~drivemtl.data.io.load_rgb_reduced`); never with a depth map, which must
+            :func:`~drivemtl.data.io.load_rgb_reduced`); never with a label map, which must
             match the decoded image.
 
     Returns:
-        ``(image (h, w, 3) uint8, depth (h, w) metres or None, (H, W) of the whole image)``.
+        ``(image (h, w, 3) uint8, {key: (h, w) map}, (H, W) of the whole image)``.
 
     Raises:
-        DriveMTLError: Naming the manifest line when a file cannot be decoded or the depth
-            map is not the image's size.
+        DriveMTLError: Naming the manifest line when a file cannot be decoded or a map is not
+            the image's size.
     """
-    with_depth = bool(load_depth and record.depth)
+    wanted = [(key, path) for key in labels if (path := record.map_path(key))]
     try:
-        image, full = load_rgb_reduced(record.image, None if with_depth else at_least)
+        image, full = load_rgb_reduced(record.image, None if wanted else at_least)
     except Exception as e:  # any decoder failure (OSError, a PNG's SyntaxError) is a bad file
         reason = _read_error(str(record.image), e)
         raise DriveMTLError(f"{record.source}: cannot read {record.image}: {reason}") from None
-    depth = None
-    if with_depth:
-        try:
-            depth = load_depth_map(record.depth, depth_scale)
-        except (OSError, ValueError) as e:
-            raise DriveMTLError(
-                f"{record.source}: cannot read depth map {record.depth}: {e}"
-            ) from None
     height, width = full
-    if depth is not None and depth.shape != (height, width):
-        raise DriveMTLError(
-            f"{record.source}: depth map {record.depth} is {depth.shape[1]}x{depth.shape[0]}"
-            f" but the image is {width}x{height}; they must match."
-        )
-    return image, depth, full
+    maps = {}
+    for key, path in wanted:
+        try:
+            value = PIXEL_LABELS[key].read(path, options or {})
+        except (OSError, ValueError) as e:
+            raise DriveMTLError(f"{record.source}: cannot read {key} map {path}: {e}") from None
+        if value.shape != (height, width):
+            raise DriveMTLError(
+                f"{record.source}: {key} map {path} is {value.shape[1]}x{value.shape[0]}"
+                f" but the image is {width}x{height}; they must match."
+            )
+        maps[key] = value
+    return image, maps, full
 
 
 class ManifestDataset(Dataset):
@@ -79,12 +80,14 @@ class ManifestDataset(Dataset):
         records: Parsed manifest entries.
         transform: An albumentations pipeline with box parameters (see ``build_transform``).
         load_boxes: Keep box targets (needed by detection; cheap, so on by default).
-        load_depth: Decode depth maps (only when a depth task uses them).
+        pixel_labels: Keys of the per-pixel label maps to decode (those of the trained
+            tasks: ``Task.pixel_label``).
         depth_scale: Units per metre of 16-bit depth PNGs (256: KITTI); ``.npy`` is metres.
         decode_at_least: Decode JPEGs at a reduced scale that still has this (height, width)
             (:func:`~drivemtl.data.transforms.decode_size`); ``None``: full size. Not with
-            depth maps, which must match the decoded image.
-        depth_zoom_correction: Divide depth by the zoom of a scale-crop (see
+            label maps, which must match the decoded image.
+        depth_zoom_correction: Divide depth (maps whose label is ``zoom_scaled``) by the
+            zoom of a scale-crop (see
             :func:`~drivemtl.data.transforms.crop_zoom`), so that it matches how near the
             cropped picture looks; without it a zoomed crop teaches "looks nearer, is as far".
     """
@@ -94,7 +97,7 @@ class ManifestDataset(Dataset):
         records: Sequence[Record],
         transform: A.Compose | Resize,
         load_boxes: bool = True,
-        load_depth: bool = False,
+        pixel_labels: Sequence[str] = (),
         depth_scale: float = DEPTH_PNG_SCALE,
         depth_zoom_correction: bool = False,
         decode_at_least: tuple[int, int] | None = None,
@@ -103,7 +106,10 @@ class ManifestDataset(Dataset):
         self.decode_at_least = decode_at_least
         self.transform = transform
         self.load_boxes = load_boxes
-        self.load_depth = load_depth
+        unknown = [key for key in pixel_labels if key not in PIXEL_LABELS]
+        if unknown:
+            raise DriveMTLError(f"Unknown pixel label(s) {unknown}; known: {sorted(PIXEL_LABELS)}")
+        self.pixel_labels = tuple(pixel_labels)
         self.depth_scale = depth_scale
         self.depth_zoom_correction = depth_zoom_correction
         if depth_zoom_correction:
@@ -114,8 +120,8 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
-        image, depth, (height, width) = read_record(
-            record, self.load_depth, self.depth_scale, self.decode_at_least
+        image, maps, (height, width) = read_record(
+            record, self.pixel_labels, {"depth_scale": self.depth_scale}, self.decode_at_least
         )
         boxes = list(record.boxes or ())
         ignore = list(record.ignore)
@@ -132,8 +138,8 @@ class ManifestDataset(Dataset):
             "box_labels": labels,
             "box_ids": list(range(len(all_boxes))),
         }
-        if depth is not None:
-            inputs["mask"] = depth
+        if maps:
+            inputs["masks"] = list(maps.values())
         out = self.transform(**inputs)
 
         presence = torch.tensor(record.presence, dtype=torch.long)
@@ -159,11 +165,13 @@ class ManifestDataset(Dataset):
             if record.boxes is not None:
                 sample.boxes = torch.from_numpy(kept[objects])
                 sample.box_labels = torch.from_numpy(kept_labels[objects])
-        if depth is not None:
-            moved = out["mask"]
-            if self.depth_zoom_correction:  # 0 (no measurement) stays 0
+        for key, moved in zip(maps, out.get("masks", ())):
+            label = PIXEL_LABELS[key]
+            moved = np.asarray(moved)
+            if label.zoom_scaled and self.depth_zoom_correction:  # 0 (no measurement) stays 0
                 moved = moved / crop_zoom(out.get("applied_transforms", ()), image.shape[:2])
-            sample.depth = torch.from_numpy(np.ascontiguousarray(moved))[None].float()
+            moved = np.ascontiguousarray(moved.astype(label.dtype, copy=False))
+            sample.maps[key] = torch.from_numpy(moved)[None]
         return sample
 
 

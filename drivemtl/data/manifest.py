@@ -1,6 +1,7 @@
 """Read and write manifests, the one exchange format (see DESIGN.md).
 
-CSV manifests carry presence only; JSONL manifests may add boxes and depth. Every problem is
+CSV manifests carry presence only; JSONL manifests may add boxes and per-pixel label maps
+(depth, segmentation: :mod:`drivemtl.data.pixel_labels`). Every problem is
 reported with the manifest path and line number, all at once, so a user fixes a file in one pass.
 """
 
@@ -19,10 +20,11 @@ from pathlib import Path
 from drivemtl.console import progress
 from drivemtl.data.io import displayed_size
 from drivemtl.data.labels import NEGATIVE, POSITIVE, UNKNOWN, UNKNOWN_TOKEN
+from drivemtl.data.pixel_labels import PIXEL_LABELS
 from drivemtl.errors import DriveMTLError
 from drivemtl.jsonl import BadJSON, loads, read_lines
 
-JSONL_KEYS = {"image", "presence", "boxes", "depth", "ignore", "meta"}
+JSONL_KEYS = {"image", "presence", "boxes", "ignore", "meta", *PIXEL_LABELS}
 MAX_REPORTED_ERRORS = 20
 # Float rounding in converters may put a box edge a hair outside the image.
 BOX_TOLERANCE_PX = 0.01
@@ -37,9 +39,10 @@ class Record:
         presence: One label per configured class: 1, 0 or -1 (unknown).
         boxes: ``(x1, y1, x2, y2, class_index)`` in original pixels; ``None`` when the image is
             not annotated for boxes, empty when annotated with no object.
-        depth: Path of the depth map, or ``None``.
         ignore: ``(x1, y1, x2, y2)`` regions (crowds, KITTI DontCare) that are neither objects
             nor background for detection.
+        maps: ``(key, path)`` of each per-pixel label map the entry names (depth,
+            segmentation); see :meth:`map_path`.
         manifest: The manifest file (one string shared by all its records).
         line: The entry's line in it.
     """
@@ -47,10 +50,17 @@ class Record:
     image: str
     presence: tuple[int, ...]
     boxes: tuple[tuple[float, float, float, float, int], ...] | None = None
-    depth: str | None = None
     ignore: tuple[tuple[float, float, float, float], ...] = ()
+    maps: tuple[tuple[str, str], ...] = ()
     manifest: str = ""
     line: int = 0
+
+    def map_path(self, key: str) -> str | None:
+        """The path of the entry's ``key`` label map (a :data:`PIXEL_LABELS` key), or ``None``."""
+        for name, path in self.maps:
+            if name == key:
+                return path
+        return None
 
     @property
     def source(self) -> str:
@@ -88,7 +98,7 @@ def read_manifest(
     Args:
         path: The manifest; ``.csv`` is read as CSV, anything else as JSONL.
         classes: The configured class list.
-        check_files: Check that images and depth maps exist and that boxes lie inside the image.
+        check_files: Check that images and label maps exist and that boxes lie inside the image.
 
     Returns:
         One record per image, in file order.
@@ -308,14 +318,16 @@ class _EntryParser:
             for i, name in enumerate(self.classes)
         )
 
-        depth = None
-        if entry.get("depth") is not None:
-            depth = _resolve(self.base, entry["depth"], "depth", check)
+        maps = tuple(
+            (key, _resolve(self.base, entry[key], key, check))
+            for key in PIXEL_LABELS
+            if entry.get(key) is not None
+        )
         ignore = ()
         if entry.get("ignore"):
             regions = [list(r[:4]) + [self.classes[0]] for r in _as_list(entry["ignore"], "ignore")]
             ignore = tuple(b[:4] for b in self.boxes(regions, image if check else None))
-        return Record(image, presence, boxes, depth, ignore, self.path, line)
+        return Record(image, presence, boxes, ignore, maps, self.path, line)
 
     def boxes(self, value: object, image: str | None) -> tuple:
         if not isinstance(value, list):

@@ -1,7 +1,8 @@
-"""Albumentations pipelines that move boxes and depth together with the image.
+"""Albumentations pipelines that move boxes and label maps together with the image.
 
-Depth travels as a mask, so geometric transforms resample it with nearest neighbour (no invented
-depth between a near object and the far background) and colour transforms never touch it.
+Label maps (depth, segmentation) travel as masks, so geometric transforms resample them with
+nearest neighbour (no invented depth between a near object and the far background, no class
+between two others) and colour transforms never touch them.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def decode_size(image_size: tuple[int, int], train: bool) -> tuple[int, int]:
 
 
 class Resize:
-    """The eval pipeline: the image to the input size, boxes and depth with it.
+    """The eval pipeline: the image to the input size, boxes and label maps with it.
 
     What ``A.Compose([A.Resize(...)], bbox_params=BOX_PARAMS)`` computes (the same OpenCV
     resizes; boxes scaled and clipped to the image), without its per-call bookkeeping, which
@@ -90,7 +91,7 @@ class Resize:
     def __init__(self, image_size: tuple[int, int]):
         self.height, self.width = image_size
 
-    def __call__(self, image, bboxes, box_labels, box_ids, mask=None) -> dict:
+    def __call__(self, image, bboxes, box_labels, box_ids, masks=None) -> dict:
         height, width = image.shape[:2]
         size = (self.width, self.height)
         out = {"image": cv2.resize(image, size, interpolation=cv2.INTER_AREA)}
@@ -99,8 +100,8 @@ class Resize:
             boxes = np.clip(boxes, 0, [width, height, width, height])
             boxes = boxes * np.float32([self.width / width, self.height / height] * 2)
         out.update(bboxes=boxes, box_labels=list(box_labels), box_ids=list(box_ids))
-        if mask is not None:
-            out["mask"] = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        if masks is not None:
+            out["masks"] = [cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in masks]
         return out
 
 

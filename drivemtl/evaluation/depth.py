@@ -91,7 +91,7 @@ def evaluate_depth(
         )
     if not depth_scale > 0:
         raise DriveMTLError(f"--depth_scale must be > 0 (units per metre), got {depth_scale:g}.")
-    with_truth = [(p, r) for p, r in pairs if records[r].depth is not None]
+    with_truth = [(p, r) for p, r in pairs if records[r].map_path("depth") is not None]
     if not with_truth:
         return None
     predicted = prediction_depth_paths(predictions)
@@ -109,7 +109,7 @@ def evaluate_depth(
         except (OSError, ValueError) as e:
             problems.append(f"  {image}: prediction {predicted[image]}: {e}")
             continue
-        truth_path = records[r].depth
+        truth_path = records[r].map_path("depth")
         try:
             truth = load_depth(truth_path, depth_scale)
         except (OSError, ValueError) as e:

@@ -18,6 +18,7 @@ from drivemtl.console import progress
 from drivemtl.data.datasets import read_record
 from drivemtl.data.io import DEPTH_PNG_SCALE, open_image
 from drivemtl.data.manifest import Record
+from drivemtl.data.pixel_labels import PIXEL_LABELS
 from drivemtl.errors import DriveMTLError
 
 
@@ -47,7 +48,7 @@ class FileCheck:
 
 
 def check_record(record: Record, depth_scale: float = DEPTH_PNG_SCALE) -> FileCheck:
-    """Decode one record's image and depth map (training's loader) and measure them."""
+    """Decode one record's image and label maps (training's loader) and measure them."""
     mode = ""
     try:
         with open_image(record.image) as im:  # never blocks on a pipe, never decodes a bomb
@@ -55,10 +56,11 @@ def check_record(record: Record, depth_scale: float = DEPTH_PNG_SCALE) -> FileCh
     except Exception:  # reported by the full decode below, with training's message
         pass
     try:
-        image, depth, _ = read_record(record, load_depth=True, depth_scale=depth_scale)
+        image, maps, _ = read_record(record, list(PIXEL_LABELS), {"depth_scale": depth_scale})
     except DriveMTLError as e:
         return FileCheck(mode=mode, problem=str(e))
     height, width = image.shape[:2]
+    depth = maps.get("depth")
     if depth is None:
         return FileCheck(width, height, mode)
     valid = depth[depth > 0]

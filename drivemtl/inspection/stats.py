@@ -141,7 +141,7 @@ def summarise(
             "images": sum(bool(r.ignore) for r in records),
         },
         "depth": {
-            "images": sum(r.depth is not None for r in records),
+            "images": sum(r.map_path("depth") is not None for r in records),
             "decoded": len(depth),
             "coverage_mean": float(coverage.mean()) if len(coverage) else None,
             "coverage_min": float(coverage.min()) if len(coverage) else None,

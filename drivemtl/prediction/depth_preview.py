@@ -8,11 +8,11 @@ on every frame of a folder: log-depth from ``PREVIEW_RANGE[0]`` (bright) to ``PR
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image
+
+from drivemtl.prediction.files import write_picture
 
 PREVIEW_RANGE = (1.0, 80.0)
 """Metres at the two ends of the colour scale; nearer / farther values take the end colours."""
@@ -53,11 +53,4 @@ def colorize_depth(
 
 def write_depth_preview(depth: np.ndarray, path: str, max_side: int = 1280) -> str:
     """Write the colourised ``depth`` as a JPEG at ``path`` (longer side at most ``max_side``)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    picture = Image.fromarray(colorize_depth(depth))
-    scale = max_side / max(picture.size)
-    if scale < 1.0:
-        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-        picture = picture.resize(size, Image.Resampling.BILINEAR)
-    picture.save(path, quality=90)
-    return path
+    return write_picture(colorize_depth(depth), path, max_side)

@@ -22,8 +22,27 @@ CSV_FILE = "predictions.csv"
 RUN_INFO = "run.json"
 """Beside the predictions: checkpoint, folder, classes and thresholds of the run (see docs)."""
 OVERLAYS = "overlays"
-DEPTH = "depth"
-DEPTH_PREVIEW = "depth_preview"
+PREVIEW_SUFFIX = "_preview"
+"""A map task's colour previews go to ``<pixel_label>_preview/`` beside its maps' folder."""
+
+
+def write_picture(picture, path: str, max_side: int = 1280) -> str:
+    """Write an (H, W, 3) uint8 picture as a JPEG, its longer side at most ``max_side``."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    image = Image.fromarray(picture)
+    scale = max_side / max(image.size)
+    if scale < 1.0:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    image.save(path, quality=90)
+    return path
+
+
+def map_folders(keys: Iterable[str]) -> list[str]:
+    """The folders of predicted label maps and their previews, for map keys ``keys``."""
+    return [name for key in keys for name in (key, key + PREVIEW_SUFFIX)]
 
 
 class LineAppender:

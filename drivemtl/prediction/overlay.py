@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ def render_overlay(
     classes: list[str],
     max_side: int = 1280,
     min_box_score: float = 0.0,
+    layers: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
 ) -> torch.Tensor:
     """Draw one prediction on its image.
 
@@ -62,10 +64,17 @@ def render_overlay(
         max_side: Longer side of the picture; larger images are scaled down (boxes with them).
         min_box_score: Boxes scoring below this are not drawn (the detection operating point;
             ``predictions.jsonl`` also lists the low-scored boxes that AP needs).
+        layers: Drawn first, in original pixels: each takes and returns the (H, W, 3) uint8
+            picture (a map task's :meth:`~drivemtl.tasks.base.Task.draw_overlay`).
 
     Returns:
         (3, h, w) uint8 tensor.
     """
+    if layers:
+        picture = image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else image
+        for layer in layers:
+            picture = layer(picture)
+        image = picture
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
     height, width = image.shape[-2:]
@@ -100,11 +109,12 @@ def write_overlay(
     out: str | Path,
     max_side: int = 1280,
     min_box_score: float = 0.0,
+    layers: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
 ) -> str:
     """Decode ``source`` again (EXIF-rotated, as for prediction), draw ``row``, write a JPEG."""
     # Strings, not Path: pathlib would intern every distinct folder and file name for good.
     out = os.fspath(out)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    picture = render_overlay(load_rgb(source), row, classes, max_side, min_box_score)
+    picture = render_overlay(load_rgb(source), row, classes, max_side, min_box_score, layers)
     write_jpeg(picture, out, quality=90)
     return out

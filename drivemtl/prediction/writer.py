@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +17,24 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from drivemtl.data.io import save_depth_png
+from drivemtl.data.pixel_labels import PIXEL_LABELS
 from drivemtl.errors import DriveMTLError
 from drivemtl.jsonl import load_file
-from drivemtl.prediction.depth_preview import write_depth_preview
 from drivemtl.prediction.files import (
     CSV_FILE,
-    DEPTH,
-    DEPTH_PREVIEW,
     ERRORS,
     OVERLAYS,
     PREDICTIONS,
+    PREVIEW_SUFFIX,
     RUN_INFO,
     LineAppender,
     RelativeNamer,
     done_images,
     jsonl_to_csv,
+    map_folders,
     overlay_name,
     write_json,
+    write_picture,
 )
 from drivemtl.prediction.overlay import write_overlay
 from drivemtl.prediction.thresholds import ThresholdSpec, apply_thresholds, parse_thresholds
@@ -52,8 +53,9 @@ class PredictStats:
         predicted: Written to ``predictions.jsonl`` by this run.
         failed: Written to ``errors.jsonl`` by this run.
         overlay_failed: Predicted, but the overlay could not be written.
-        depth_maps: Depth PNGs written by this run.
-        preview_failed: Depth written, but its colour preview could not be.
+        maps: Label maps (PNG) written by this run, per map task (``run.json`` lists them as
+            ``<pixel_label>_maps``).
+        preview_failed: A map written, but its colour preview could not be.
         seconds: Wall time from the first batch requested to the last written.
     """
 
@@ -62,9 +64,20 @@ class PredictStats:
     predicted: int = 0
     failed: int = 0
     overlay_failed: int = 0
-    depth_maps: int = 0
+    maps: dict[str, int] = field(default_factory=dict)
     preview_failed: int = 0
     seconds: float = 0.0
+
+    def as_json(self) -> dict:
+        """The ``stats`` of ``run.json``."""
+        out = asdict(self)
+        maps = out.pop("maps")
+        ordered = {}
+        for key, value in out.items():
+            if key == "preview_failed":
+                ordered.update({f"{name}_maps": n for name, n in maps.items()})
+            ordered[key] = value
+        return ordered
 
     @property
     def images_per_second(self) -> float:
@@ -92,8 +105,8 @@ class PredictionWriter(BasePredictionWriter):
             overlays); ``None`` keeps the checkpoint's.
         overlays: Also write ``overlays/<image>.jpg`` pictures.
         overlay_max_side: Longer side of overlay pictures, in pixels.
-        depth_preview: With a depth head, also write ``depth_preview/<image>.jpg`` (the
-            depth PNG in colour; same size limit as overlays).
+        depth_preview: With a map head (depth, segmentation), also write
+            ``<map>_preview/<image>.jpg`` (the map in colour; same size limit as overlays).
         csv: Also write ``predictions.csv`` at the end (from the JSONL, so they agree).
         resume: Skip images already in ``predictions.jsonl``; retry those in ``errors.jsonl``.
         overwrite: Delete the outputs of an earlier run in ``output_dir`` first.
@@ -134,6 +147,7 @@ class PredictionWriter(BasePredictionWriter):
         self._predictions: LineAppender | None = None
         self._errors: LineAppender | None = None
         self._shared_stems: set[str] = set()
+        self._map_tasks: dict = {}
         self._started = 0.0
         self._completed = False
 
@@ -163,7 +177,13 @@ class PredictionWriter(BasePredictionWriter):
 
         dataset = trainer.datamodule.datasets["predict"]
         self.stats.found = len(dataset.images)
-        if "depth" in getattr(pl_module, "tasks", {}):
+        self._map_tasks = {
+            task.pixel_label: task
+            for task in getattr(pl_module, "tasks", {}).values()
+            if task.pixel_label
+        }
+        self.stats.maps = dict.fromkeys(self._map_tasks, 0)
+        if self._map_tasks:
             self._shared_stems = _shared_stems(self._relative(p) for p in dataset.images)
         own = self._own_outputs_inside_input()
         keep = []
@@ -203,6 +223,8 @@ class PredictionWriter(BasePredictionWriter):
             self.info["box_score_threshold"] = (
                 detection.score_threshold if chosen is None else float(chosen)
             )
+        for task in pl_module.tasks.values():
+            self.info.update(task.run_info())
         self._check_resume_matches()
         if self.resume:
             # Failed images are retried now, so their old lines would become duplicates.
@@ -229,12 +251,19 @@ class PredictionWriter(BasePredictionWriter):
                 bad.append({"image": image, "error": error})
                 continue
             out = {"image": image, **{k: v for k, v in row.items() if k != "image"}}
-            if "depth" in out and not isinstance(out["depth"], (str, type(None))):
-                out["depth"] = self._save_depth(out["depth"], image)
+            layers = []
+            for key, task in self._map_tasks.items():
+                value = out.get(key)
+                if value is not None and not isinstance(value, str):
+                    value = np.asarray(
+                        value.detach().cpu() if isinstance(value, torch.Tensor) else value
+                    )
+                    out[key] = self._save_map(task, value, image)
+                    layers.append(functools.partial(task.draw_overlay, value=value))
             # Pictures before the line: a kill in between leaves a picture that a resumed
             # run rewrites, never a line without its picture.
             if self.overlays:
-                self._save_overlay(source, out, image)
+                self._save_overlay(source, out, image, layers)
             good.append(out)
         self.stats.predicted += self._predictions.write(good)
         self.stats.failed += self._errors.write(bad)
@@ -283,19 +312,23 @@ class PredictionWriter(BasePredictionWriter):
         if self.overlays:
             extra = f" ({s.overlay_failed} could not be drawn)" if s.overlay_failed else ""
             lines.append(f"Overlays:    {self.output_dir / OVERLAYS}{extra}")
-        if s.depth_maps:
-            folder = self.output_dir / DEPTH
-            lines.append(f"Depth:       {folder} ({s.depth_maps} PNG, metres x 256)")
+        for key, count in s.maps.items():
+            if not count:
+                continue
+            title = f"{key.capitalize()}:"
+            lines.append(
+                f"{title:<12} {self.output_dir / key} ({count} {self._map_tasks[key].map_format})"
+            )
             if self.depth_preview:
                 extra = f" ({s.preview_failed} could not be drawn)" if s.preview_failed else ""
-                lines.append(f"Previews:    {self.output_dir / DEPTH_PREVIEW}{extra}")
+                lines.append(f"Previews:    {self.output_dir / (key + PREVIEW_SUFFIX)}{extra}")
         return "\n".join(lines)
 
     # -- helpers -------------------------------------------------------------------------------
 
     def _prepare_existing(self) -> None:
         outputs = [self.predictions_path, self.errors_path, self.output_dir / CSV_FILE]
-        folders = [self.output_dir / d for d in (OVERLAYS, DEPTH, DEPTH_PREVIEW)]
+        folders = [self.output_dir / d for d in (OVERLAYS, *map_folders(PIXEL_LABELS))]
         if self.overwrite:
             for path in [*outputs, self.output_dir / RUN_INFO]:
                 path.unlink(missing_ok=True)
@@ -327,7 +360,7 @@ class PredictionWriter(BasePredictionWriter):
         )
         if out != root:
             return (os.path.join(inside, ""),)
-        return tuple(os.path.join(inside, d, "") for d in (OVERLAYS, DEPTH, DEPTH_PREVIEW))
+        return tuple(os.path.join(inside, d, "") for d in (OVERLAYS, *map_folders(PIXEL_LABELS)))
 
     def _check_resume_matches(self) -> None:
         info_path = self.output_dir / RUN_INFO
@@ -350,29 +383,29 @@ class PredictionWriter(BasePredictionWriter):
     def _write_info(self, status: str) -> None:
         write_json(
             self.output_dir / RUN_INFO,
-            {**self.info, "status": status, "stats": asdict(self.stats)},
+            {**self.info, "status": status, "stats": self.stats.as_json()},
         )
 
-    def _save_depth(self, depth: Any, image: str) -> str:
-        array = depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else depth
+    def _save_map(self, task: Any, value: np.ndarray, image: str) -> str:
+        """Write a task's predicted label map (and its preview); returns its relative path."""
+        key = task.pixel_label
         stem = os.path.splitext(image)[0]
         # The contract's name drops the extension (depth/sub/x.png). Images that share a stem
         # (a.jpg and a.png) would overwrite each other's map: those keep their full name.
-        rel = f"{DEPTH}/{image if stem in self._shared_stems else stem}.png"
+        rel = f"{key}/{image if stem in self._shared_stems else stem}.png"
         target = os.path.join(self.output_dir, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        array = np.squeeze(np.asarray(array, dtype=np.float32))
-        save_depth_png(array, target)
-        self.stats.depth_maps += 1
+        task.save_map(value, target)
+        self.stats.maps[key] += 1
         if self.depth_preview:
-            preview = os.path.join(self.output_dir, DEPTH_PREVIEW, overlay_name(image))
+            preview = os.path.join(self.output_dir, key + PREVIEW_SUFFIX, overlay_name(image))
             try:
-                write_depth_preview(array, preview, self.overlay_max_side)
+                write_picture(task.preview(value), preview, self.overlay_max_side)
             except Exception:  # a picture is a convenience: never lose the prediction over it
                 self.stats.preview_failed += 1
         return rel
 
-    def _save_overlay(self, source: str, row: dict, image: str) -> None:
+    def _save_overlay(self, source: str, row: dict, image: str, layers: list) -> None:
         target = os.path.join(self.output_dir, OVERLAYS, overlay_name(image))
         try:
             write_overlay(
@@ -382,6 +415,7 @@ class PredictionWriter(BasePredictionWriter):
                 target,
                 self.overlay_max_side,
                 min_box_score=self.info.get("box_score_threshold", 0.0),
+                layers=layers,
             )
         except Exception:  # a picture is a convenience: never lose the prediction over it
             self.stats.overlay_failed += 1

@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -24,8 +25,9 @@ class Task(ABC):
         monitor: The metric (within the task's report) that selects the best checkpoint.
         monitor_mode: ``"max"`` when a higher ``monitor`` is better (AP), ``"min"`` when
             lower is (a depth error).
-        needs_depth: Whether the data must decode depth maps for this task (the CLI then
-            sets ``data.load_depth`` itself).
+        pixel_label: The per-pixel label map the task trains on (a key of
+            :data:`~drivemtl.data.pixel_labels.PIXEL_LABELS`, also its manifest key and its
+            folder of predicted maps), or ``None``; the CLI tells the data to load it.
         splits_by_class: Whether :meth:`class_losses` splits the loss into one term per
             class, so that ``model.granularity: class`` makes each class a task of its own.
     """
@@ -33,8 +35,10 @@ class Task(ABC):
     name: str
     monitor: str
     monitor_mode: str = "max"
-    needs_depth: bool = False
+    pixel_label: str | None = None
     splits_by_class: bool = False
+    map_format: str = "PNG"
+    """How ``predict``'s summary describes the task's map files (``pixel_label`` tasks)."""
 
     # ``output`` below is whatever the task's head returns: a tensor, or a dict of tensors
     # for heads with several outputs (detection's per-level logits and boxes).
@@ -90,6 +94,25 @@ class Task(ABC):
         eager model): ``{measure: (value, largest value allowed)}`` over this task's fields.
         """
         return {}
+
+    def run_info(self) -> dict:
+        """What ``run.json`` records of the task beside the predictions (its class list)."""
+        return {}
+
+    # Predicted maps, for tasks with a ``pixel_label``: ``decode`` puts an (H, W) array in
+    # the row's ``pixel_label`` field; ``predict`` writes it with these and puts its path there.
+
+    def save_map(self, value: np.ndarray, path: str) -> None:
+        """Write a predicted map (original size) to ``path`` (a ``.png``)."""
+        raise NotImplementedError(f"task {self.name!r} has no map to save")
+
+    def preview(self, value: np.ndarray) -> np.ndarray:
+        """An (H, W, 3) uint8 colour picture of a predicted map."""
+        raise NotImplementedError(f"task {self.name!r} has no map to preview")
+
+    def draw_overlay(self, picture: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """The (H, W, 3) uint8 ``picture`` with the predicted map drawn on it (default: as is)."""
+        return picture
 
     def scalars(self, report: dict) -> dict[str, float]:
         """Flat scalars to log from a report; undefined (``None``) values are left out."""

@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drivemtl.data.batch import Batch
+from drivemtl.data.io import save_depth_png
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, DepthMetric
+from drivemtl.prediction.depth_preview import colorize_depth
 from drivemtl.tasks.base import Task
 
 DEPTH_TOLERANCE = 1e-3
@@ -170,7 +173,7 @@ class DepthTask(Task):
     name = "depth"
     monitor = "abs_rel"
     monitor_mode = "min"
-    needs_depth = True
+    pixel_label = "depth"
 
     def __init__(
         self,
@@ -209,7 +212,7 @@ class DepthTask(Task):
         return DepthHead(channels, self.width, self.output_range, init_depth=init)
 
     def loss(self, output: Tensor, batch: Batch) -> tuple[Tensor, int]:
-        return silog_loss(output, batch.depth, self.lam, self.sqrt, self.l1_weight)
+        return silog_loss(output, batch.maps.get("depth"), self.lam, self.sqrt, self.l1_weight)
 
     def build_metric(self, classes: Sequence[str]) -> DepthMetric:
         return DepthMetric(self.min_depth, self.max_depth)
@@ -218,7 +221,8 @@ class DepthTask(Task):
         # Scored at the network's input resolution, against the nearest-resampled ground
         # truth; ``drivemtl evaluate`` scores at the original resolution instead.
         size = batch.images.shape[-2:]
-        metric.update(torch.exp(upsample_log(output, size)), batch.depth, batch.index)
+        target = batch.maps.get("depth")
+        metric.update(torch.exp(upsample_log(output, size)), target, batch.index)
 
     def report(self, metric: DepthMetric, head: nn.Module, choose_thresholds: bool) -> dict:
         return metric.report()
@@ -238,6 +242,14 @@ class DepthTask(Task):
                 return {"depth, max relative difference": (math.inf, DEPTH_TOLERANCE)}
             gap = max(gap, float(((got - ref).abs() / ref.clamp(min=1e-6)).max()))
         return {"depth, max relative difference": (gap, DEPTH_TOLERANCE)}
+
+    map_format = "PNG, metres x 256"
+
+    def save_map(self, value: np.ndarray, path: str) -> None:
+        save_depth_png(np.squeeze(np.asarray(value, dtype=np.float32)), path)
+
+    def preview(self, value: np.ndarray) -> np.ndarray:
+        return colorize_depth(np.squeeze(value))
 
     def decode(
         self, output: Tensor, head: nn.Module, batch: Batch, classes: Sequence[str]

@@ -414,7 +414,7 @@ def test_kitti_dontcare_van_and_depth(kitti_set, tmp_path):
     assert any("no depth PNG" in n for n in conv.summary.notes)
 
     record = read_manifest(out, DEFAULT_CLASSES)[0]
-    loaded = np.asarray(Image.open(record.depth))
+    loaded = np.asarray(Image.open(record.map_path("depth")))
     assert int((loaded > 0).sum()) == 200 and loaded.max() == 20 * 256
 
 

@@ -126,7 +126,7 @@ def test_kitti_presence_and_depth(shared_data, tmp_path):
     assert all(r.presence[stop] == r.presence[light] == -1 for r in records.values())
     assert len(records["000001"].ignore) == 4  # its four DontCare regions
     for stem, record in records.items():
-        loaded = np.asarray(Image.open(record.depth))
+        loaded = np.asarray(Image.open(record.map_path("depth")))
         source = np.asarray(Image.open(root / "depth" / f"{stem}.png"))
         assert loaded.dtype == np.uint16
         assert int((loaded > 0).sum()) == int((source > 0).sum()) == KITTI_VALID_DEPTH[stem]
