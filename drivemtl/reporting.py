@@ -79,8 +79,26 @@ def format_report(report: dict) -> str:
             parts.append("detection\n" + detection_table(section))
         else:
             flat = {k: v for k, v in section.items() if not isinstance(v, dict)}
-            parts.append(f"{task}: " + ", ".join(f"{k}={_cell(v)}" for k, v in flat.items()))
+            text = f"{task}: " + ", ".join(f"{k}={_cell(v)}" for k, v in flat.items())
+            if isinstance(section.get("per_class"), dict) and section["per_class"]:
+                text += "\n" + per_class_table(section["per_class"])
+            parts.append(text)
     return "\n\n".join(parts)
+
+
+def per_class_table(per_class: dict) -> str:
+    """A per-class table of any task's numbers (columns: the first class's keys)."""
+    columns = list(next(iter(per_class.values())))
+    rows = [("class", *columns)]
+    for name, metrics in per_class.items():
+        rows.append((name, *(_cell(metrics.get(k)) for k in columns)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
 
 
 def write_metrics(report: dict, path: str | Path) -> Path:

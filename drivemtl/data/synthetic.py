@@ -1,4 +1,4 @@
-"""An embedded synthetic driving-scene data set: images, boxes, presence and metric depth.
+"""An embedded synthetic driving-scene data set: images, boxes, presence, depth and segmentation.
 
 Scenes are rendered with numpy (sky, ground, haze, noise) and Pillow's polygon drawing (road,
 distractors, objects), fast enough to make thousands of labelled images in seconds on one core.
@@ -17,6 +17,13 @@ occlude farther ones.
 Depth. The depth map holds the z-depth in metres: ground pixels from the formula above, each
 billboard's pixels at its ``Z``. Sky and ground beyond ``max_depth`` (80 m by default, like a
 LiDAR's range) are 0, the KITTI "no measurement" value, written as a uint16 PNG of metres x 256.
+
+Segmentation. Every pixel is labelled with one of :data:`SEGMENTATION_CLASSES` (an 8-bit PNG of
+indices into that list): road (asphalt), lane markings (edge lines, dashes, centre lines), roadside
+(sidewalks, kerbs, terrain, distant hills, buildings, trees and every pole), sky, vehicles,
+pedestrians, signs (stop-sign faces and the other sign faces) and traffic lights (housings). Each
+shape is drawn into the mask with the same coordinates as into the image, so the two agree pixel
+for pixel before the JPEG encoding; shadows keep the class of the ground they fall on.
 
 Labelling rule. Only the four classes (``pedestrian``, ``car``, ``stop_sign``, ``traffic_light``)
 are labelled, and every rendered instance of them is labelled: the layout is decided first, the
@@ -66,11 +73,30 @@ from drivemtl.data.labels import DEFAULT_CLASSES, UNKNOWN_TOKEN
 from drivemtl.data.manifest import write_manifest
 from drivemtl.errors import DriveMTLError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump whenever the same seed and config would give different files (it keys data caches)."""
 
 RENDERABLE_CLASSES: tuple[str, ...] = ("pedestrian", "car", "stop_sign", "traffic_light")
 """The object classes the generator knows how to draw."""
+
+SEGMENTATION_CLASSES: tuple[str, ...] = (
+    "road",
+    "lane_marking",
+    "roadside",
+    "sky",
+    "vehicle",
+    "pedestrian",
+    "sign",
+    "traffic_light",
+)
+"""Classes of the segmentation masks, in index order (the segmentation task's default)."""
+_ROAD, _MARKING, _ROADSIDE, _SKY, _VEHICLE, _PEDESTRIAN, _SIGN, _LIGHT = range(8)
+_OBJECT_REGION = {
+    "car": _VEHICLE,
+    "pedestrian": _PEDESTRIAN,
+    "stop_sign": _SIGN,
+    "traffic_light": _LIGHT,
+}
 
 MIN_WIDTH, MIN_HEIGHT = 64, 48
 DEPTH_SCALE = 256.0
@@ -209,6 +235,7 @@ class Scene:
     Attributes:
         image: ``(H, W, 3)`` uint8 RGB.
         depth: ``(H, W)`` float32 metres, 0 = no measurement (sky, beyond range).
+        segmentation: ``(H, W)`` uint8 indices into :data:`SEGMENTATION_CLASSES`.
         boxes: ``(x1, y1, x2, y2, class_name)`` of every labelled object, in pixels.
         objects: The labelled objects with their distance and lateral offset.
         camera: The camera that rendered the scene.
@@ -216,6 +243,7 @@ class Scene:
 
     image: np.ndarray
     depth: np.ndarray
+    segmentation: np.ndarray
     boxes: list[tuple[int, int, int, int, str]]
     objects: list[SceneObject] = field(default_factory=list)
     camera: Camera | None = None
@@ -229,6 +257,7 @@ class _Drawable:
     lateral: float
     parts: list[Part]
     label: str | None = None
+    regions: list[int] = field(default_factory=list)
     shadow: list[Part] = field(default_factory=list)
     x0: int = 0
     y0: int = 0
@@ -254,7 +283,7 @@ def render_scene(
         classes: Which object classes to draw; the others never appear.
 
     Returns:
-        The image, its depth map and the boxes of every object drawn.
+        The image, its depth map, its segmentation mask and the boxes of every object drawn.
     """
     config.validate(RENDERABLE_CLASSES)
     unknown = [c for c in classes if c not in RENDERABLE_CLASSES]
@@ -274,7 +303,7 @@ def generate_dataset(
     progress: bool = False,
     workers: int = 1,
 ) -> Path:
-    """Render a data set: ``images/``, ``depth/`` and a JSONL manifest in ``out_dir``.
+    """Render a data set: ``images/``, ``depth/``, ``segmentation/`` and a JSONL manifest.
 
     Args:
         out_dir: Output folder, created if needed; files of the same names are overwritten.
@@ -308,6 +337,7 @@ def generate_dataset(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "depth").mkdir(parents=True, exist_ok=True)
+    (out_dir / "segmentation").mkdir(parents=True, exist_ok=True)
     render = functools.partial(_generate_one, out_dir, seed=seed, config=config, classes=classes)
     workers = max(1, min(int(workers), num_images))
     with contextlib.ExitStack() as stack:
@@ -377,11 +407,13 @@ def _generate_one(
     scene = _Renderer(rng, config, classes).render()
     name = f"{index:06d}"
     image_rel, depth_rel = f"images/{name}.jpg", f"depth/{name}.png"
+    mask_rel = f"segmentation/{name}.png"
     # subsampling=2 (4:2:0) is what cameras write; pinned so output does not follow Pillow defaults.
     Image.fromarray(scene.image).save(
         out_dir / image_rel, quality=config.jpeg_quality, subsampling=2
     )
     (out_dir / depth_rel).write_bytes(png16_bytes(encode_depth(scene.depth)))
+    Image.fromarray(scene.segmentation).save(out_dir / mask_rel, compress_level=1)
 
     dropped = dropped_classes(seed, index, config.dropout)
     presence: dict[str, int | str] = {}
@@ -389,7 +421,9 @@ def _generate_one(
         has_box = any(b[4] == c for b in scene.boxes)
         presence[c] = UNKNOWN_TOKEN if c in dropped else int(has_box)
     boxes = [list(b) for b in scene.boxes if b[4] not in dropped]
-    return {"image": image_rel, "presence": presence, "boxes": boxes, "depth": depth_rel}
+    entry = {"image": image_rel, "presence": presence, "boxes": boxes, "depth": depth_rel}
+    entry["segmentation"] = mask_rel
+    return entry
 
 
 # --------------------------------------------------------------------------------------------
@@ -848,9 +882,10 @@ class _Renderer:
             self.rasterise(d)
         drawables = [d for d in drawables if d.mask is not None]
         boxes, objects, drawables = self.resolve_visibility(drawables)
-        image = self.paint(drawables)
+        labels = Image.fromarray(self.background_labels())
+        image = self.paint(drawables, ImageDraw.Draw(labels))
         depth = self.depth_map(drawables)
-        return Scene(image, depth, boxes, objects, self.cam)
+        return Scene(image, depth, np.asarray(labels).copy(), boxes, objects, self.cam)
 
     def layout_world(self) -> None:
         """Road, roadside, weather and lighting."""
@@ -945,9 +980,13 @@ class _Renderer:
         z: float,
         label: str | None = None,
         shadow: list[Part] | None = None,
+        regions: list[int] | None = None,
     ) -> None:
+        """Place a billboard; ``regions``: the segmentation class of each part (default: the
+        labelled object's class, else roadside)."""
         haze = self.haze_at(z)
         d = _Drawable(z, x, self.project(parts, x, z, haze), label)
+        d.regions = regions or [_OBJECT_REGION.get(label, _ROADSIDE)] * len(parts)
         if shadow:
             # Shadows lie on the ground in front of the foot row (y <= 0), where no farther object
             # has pixels, so they never change what is visible of a labelled object.
@@ -1032,7 +1071,8 @@ class _Renderer:
         for _ in range(int(rng.integers(0, 3))):
             pos = self.sample_position(6.0, 40.0, self.roadside_range(0.3, 1.5))
             if pos:
-                self.add(out, _other_sign_parts(rng), *pos)
+                parts = _other_sign_parts(rng)  # the pole first, then the face
+                self.add(out, parts, *pos, regions=[_ROADSIDE] + [_SIGN] * (len(parts) - 1))
 
     # -- rasterising and visibility ----------------------------------------------------------
 
@@ -1155,8 +1195,20 @@ class _Renderer:
         # Stretching a one-pixel column is ~5x faster than np.repeat plus a copy into Pillow.
         return Image.fromarray(column).resize((W, H), Image.Resampling.NEAREST)
 
-    def draw_ground(self, draw: ImageDraw.ImageDraw) -> None:
-        """Far hills, kerbs, sidewalks, road and lane markings, in PIL coordinates."""
+    def background_labels(self) -> np.ndarray:
+        """The segmentation of :meth:`background`: sky above the horizon, roadside below."""
+        below = _row_grid(self.H) - self.cam.cy
+        rows = np.where(below > 0, _ROADSIDE, _SKY).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(rows[:, None], self.W, axis=1))
+
+    def draw_ground(self, draw: ImageDraw.ImageDraw, labels: ImageDraw.ImageDraw) -> None:
+        """Far hills, kerbs, sidewalks, road and lane markings, in PIL coordinates; ``labels``
+        gets the same shapes in their segmentation classes."""
+
+        def polygon(points, fill, region: int) -> None:
+            draw.polygon(points, fill=fill)
+            labels.polygon(points, fill=region)
+
         rng = self.rng
         cam = self.cam
         z_near = 0.9 * cam.focal * cam.height / (self.H - cam.cy)
@@ -1180,7 +1232,7 @@ class _Renderer:
         tone = _jitter(hills, (70, 95, 70) if not self.urban else (120, 120, 130), 10)
         a = 0.6
         colour = tuple(int(c + (h - c) * a) for c, h in zip(tone, self.haze_colour))
-        draw.polygon(pts, fill=colour)
+        polygon(pts, colour, _ROADSIDE)
 
         def hazed(colour: Colour, z: float) -> Colour:
             a = self.haze_at(z)
@@ -1191,14 +1243,15 @@ class _Renderer:
         for za, zb in zip(bands[:-1], bands[1:]):
             zm = math.sqrt(za * zb)
             sw = self.sidewalk
-            draw.polygon(quad(self.xl - sw, self.xr + sw, za, zb), fill=hazed(self.pavement, zm))
-            draw.polygon(quad(self.xl, self.xr, za, zb), fill=hazed(self.asphalt, zm))
+            pavement = hazed(self.pavement, zm)
+            polygon(quad(self.xl - sw, self.xr + sw, za, zb), pavement, _ROADSIDE)
+            polygon(quad(self.xl, self.xr, za, zb), hazed(self.asphalt, zm), _ROAD)
             kerb = hazed(_shade(self.pavement, 1.1), zm)
-            draw.polygon(quad(self.xl - 0.2, self.xl, za, zb), fill=kerb)
-            draw.polygon(quad(self.xr, self.xr + 0.2, za, zb), fill=kerb)
+            polygon(quad(self.xl - 0.2, self.xl, za, zb), kerb, _ROADSIDE)
+            polygon(quad(self.xr, self.xr + 0.2, za, zb), kerb, _ROADSIDE)
             white = hazed((235, 235, 230), zm)
-            draw.polygon(quad(self.xl + 0.2, self.xl + 0.35, za, zb), fill=white)
-            draw.polygon(quad(self.xr - 0.35, self.xr - 0.2, za, zb), fill=white)
+            polygon(quad(self.xl + 0.2, self.xl + 0.35, za, zb), white, _MARKING)
+            polygon(quad(self.xr - 0.35, self.xr - 0.2, za, zb), white, _MARKING)
         # Dashed lane lines (3 m dash every 12 m); a double yellow centre line on two-way roads.
         phase = rng.uniform(0, 12)
         centre = self.n_lanes // 2 if self.two_way else -1
@@ -1209,31 +1262,33 @@ class _Renderer:
                 for off in (-0.2, 0.08):
                     for za, zb in zip(bands[:-1], bands[1:]):
                         zm = math.sqrt(za * zb)
-                        draw.polygon(
-                            quad(xb + off, xb + off + 0.12, za, zb), fill=hazed(yellow, zm)
+                        polygon(
+                            quad(xb + off, xb + off + 0.12, za, zb), hazed(yellow, zm), _MARKING
                         )
                 continue
             z = z_near + phase - 12
             while z < 90:
                 if z + 3 > z_near:
                     za = max(z, z_near)
-                    draw.polygon(
-                        quad(xb - 0.07, xb + 0.07, za, z + 3), fill=hazed((235, 235, 230), z)
-                    )
+                    dash = hazed((235, 235, 230), z)
+                    polygon(quad(xb - 0.07, xb + 0.07, za, z + 3), dash, _MARKING)
                 z += 12
 
-    def paint(self, drawables: list[_Drawable]) -> np.ndarray:
+    def paint(self, drawables: list[_Drawable], labels: ImageDraw.ImageDraw) -> np.ndarray:
+        """The picture; ``labels`` (the segmentation mask) gets every shape's class."""
         img = self.background()
         draw = ImageDraw.Draw(img)
-        self.draw_ground(draw)
+        self.draw_ground(draw, labels)
         for d in drawables:
             for kind, coords, colour in d.shadow:
                 _draw(draw, kind, coords, colour)
             w, h = d.mask.size
             local = Image.new("RGB", (w, h))
             ldraw = ImageDraw.Draw(local)
-            for kind, coords, colour in d.parts:
+            for (kind, coords, colour), region in zip(d.parts, d.regions):
                 _draw(ldraw, kind, _shift(kind, coords, d.x0, d.y0), colour)
+                # Integer shifts raster the same pixels: the mask matches the pasted parts.
+                _draw(labels, kind, coords, region)
             img.paste(local, (d.x0, d.y0), d.mask)
         img = img.point(self.light_lut())
         if not self.cfg.noise:

@@ -11,7 +11,7 @@ from drivemtl.console import setup_console
 from drivemtl.data.io import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, DEPTH_PNG_SCALE
 from drivemtl.errors import DriveMTLError
 from drivemtl.evaluation.report import matching_lines
-from drivemtl.reporting import format_report, presence_table
+from drivemtl.reporting import format_report
 
 EXIT_BAD_INPUT = 2
 
@@ -119,15 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     print("\n".join(matching_lines(result.matching)))
     print()
-    if "presence" in result.report:
-        print("presence")
-        print(presence_table(result.report["presence"]))
-        print()
-    if "detection" in result.report:
-        print(format_report({"detection": result.report["detection"]}))
-        print()
-    if "depth" in result.report:
-        print(format_report({"depth": result.report["depth"]}))
+    for task, section in result.report.items():
+        print(format_report({task: section}))
         print()
     print(f"Metrics: {result.output_dir / 'metrics.json'}")
     print(f"Report:  {result.output_dir / 'report.md'}")

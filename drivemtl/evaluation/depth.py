@@ -16,8 +16,8 @@ from drivemtl.console import progress
 from drivemtl.data.io import DEPTH_PNG_SCALE, load_depth
 from drivemtl.data.manifest import Record
 from drivemtl.errors import DriveMTLError
+from drivemtl.evaluation.predictions import prediction_map_paths
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, DepthMetric
-from drivemtl.prediction.files import iter_jsonl
 
 MAX_REPORTED = 20
 
@@ -38,22 +38,6 @@ class DepthEvaluation:
     cap: tuple[float, float]
     ground_truth_images: int
     without_prediction: list[str] = field(default_factory=list)
-
-
-def prediction_depth_paths(path: str | Path) -> dict[str, str]:
-    """``image -> depth`` from a predictions file (first line of an image counts), for lines
-    that have a ``depth`` path; relative paths are resolved against the file's folder."""
-    path = Path(path)
-    found: dict[str, str] = {}
-    seen: set[str] = set()
-    for _, obj in iter_jsonl(path):
-        image, depth = obj.get("image"), obj.get("depth")
-        if not isinstance(image, str) or image in seen:
-            continue
-        seen.add(image)
-        if isinstance(depth, str) and depth:
-            found[image] = str(path.parent / depth)
-    return found
 
 
 def evaluate_depth(
@@ -94,7 +78,7 @@ def evaluate_depth(
     with_truth = [(p, r) for p, r in pairs if records[r].map_path("depth") is not None]
     if not with_truth:
         return None
-    predicted = prediction_depth_paths(predictions)
+    predicted = prediction_map_paths(predictions, "depth")
     if not predicted:
         return None
     metric = DepthMetric(min_depth, max_depth)

@@ -12,6 +12,7 @@ from torch import Tensor
 from drivemtl.console import progress
 from drivemtl.data.io import DEPTH_PNG_SCALE
 from drivemtl.data.manifest import Record, read_manifest
+from drivemtl.data.synthetic import SEGMENTATION_CLASSES
 from drivemtl.errors import DriveMTLError
 from drivemtl.evaluation.depth import evaluate_depth
 from drivemtl.evaluation.detection import evaluate_detection
@@ -24,6 +25,7 @@ from drivemtl.jsonl import BadJSON, loads, read_lines
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH
 from drivemtl.prediction.files import write_json
 from drivemtl.reporting import write_metrics
+from drivemtl.tasks.segmentation import evaluate_segmentation
 
 
 @dataclass
@@ -198,11 +200,25 @@ def evaluate(
             "images_without_predicted_boxes": len(detection.without_prediction),
         }
         matching["lists"]["images_without_predicted_boxes"] = detection.without_prediction
+    # Segmentation when the manifest has masks and the predictions point to theirs.
+    stated = preds.run_info.get("segmentation_classes")
+    mask_classes = stated if isinstance(stated, list) else list(SEGMENTATION_CLASSES)
+    segmentation = evaluate_segmentation(
+        preds.path, preds.images, records, matched.pairs, mask_classes
+    )
+    if segmentation is not None:
+        report["segmentation"], without = segmentation
+        matching["segmentation"] = {
+            "classes": mask_classes,
+            "classes_from": "run.json" if isinstance(stated, list) else "default",
+            "images_without_predicted_mask": len(without),
+        }
+        matching["lists"]["images_without_predicted_mask"] = without
     if not report:
         raise DriveMTLError(
             f"Nothing to evaluate: {preds.path} has no 'presence', and no matched image has "
-            "both predicted and ground-truth boxes or depth. Check that the manifest is the "
-            "one with the annotations these predictions are for."
+            "both predicted and ground-truth boxes, depth or segmentation. Check that the "
+            "manifest is the one with the annotations these predictions are for."
         )
 
     out = Path(output_dir)

@@ -158,3 +158,19 @@ def _read_error_images(path: Path) -> list[str]:
         return [o["image"] for _, o in iter_jsonl(path) if isinstance(o.get("image"), str)]
     except DriveMTLError:
         return []  # errors.jsonl is informative only; a damaged one must not stop evaluation
+
+
+def prediction_map_paths(path: str | Path, key: str) -> dict[str, str]:
+    """``image -> map path`` from a predictions file for the lines with a ``key`` map path
+    (depth, segmentation; the first line of an image counts), resolved against its folder."""
+    path = Path(path)
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    for _, obj in iter_jsonl(path):
+        image, value = obj.get("image"), obj.get(key)
+        if not isinstance(image, str) or image in seen:
+            continue
+        seen.add(image)
+        if isinstance(value, str) and value:
+            found[image] = str(path.parent / value)
+    return found

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from drivemtl.reporting import DETECTION_COLUMNS, PRESENCE_COLUMNS
+from drivemtl.reporting import DETECTION_COLUMNS, PRESENCE_COLUMNS, format_report
 
 LISTED = 10
 """How many names of each unmatched kind the terminal and report.md show (matching.json: all)."""
@@ -217,6 +217,11 @@ def write_report(
         parts += ["## Detection", "", detection_markdown_table(report["detection"]), ""]
     if "depth" in report:
         parts += ["## Depth", "", depth_markdown_table(report["depth"]), ""]
+    for task, section in report.items():  # tasks without a table of their own
+        if task not in ("presence", "detection", "depth"):
+            title = task.replace("_", " ").capitalize()
+            text = format_report({task: section})
+            parts += [f"## {title}", "", "```", text, "```", ""]
     if figures:
         parts += ["## Plots", ""]
         for caption, figure in figures.items():

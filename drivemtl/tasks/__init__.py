@@ -9,11 +9,13 @@ from drivemtl.tasks.base import Task
 from drivemtl.tasks.depth import DepthTask
 from drivemtl.tasks.detection import DetectionTask
 from drivemtl.tasks.presence import PresenceTask, masked_bce
+from drivemtl.tasks.segmentation import SegmentationTask
 
 TASKS: dict[str, type[Task]] = {
     "presence": PresenceTask,
     "detection": DetectionTask,
     "depth": DepthTask,
+    "segmentation": SegmentationTask,
 }
 
 
@@ -37,6 +39,7 @@ __all__ = [
     "DepthTask",
     "DetectionTask",
     "PresenceTask",
+    "SegmentationTask",
     "Task",
     "build_tasks",
     "masked_bce",

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from drivemtl.data.batch import Batch
 from drivemtl.data.io import save_depth_png
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, DepthMetric
+from drivemtl.models.fpn import FPNDecoder, conv_bn_relu
 from drivemtl.prediction.depth_preview import colorize_depth
 from drivemtl.tasks.base import Task
 
@@ -96,13 +97,7 @@ def silog_loss(
     return loss, count
 
 
-def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
-
-
-class DepthHead(nn.Module):
+class DepthHead(FPNDecoder):
     """A light FPN-style decoder: top-down over strides 32 -> 4, one depth channel at stride 4.
 
     Each level is projected to ``width`` channels, the coarser map is upsampled and added, and a
@@ -128,23 +123,17 @@ class DepthHead(nn.Module):
         output_range: tuple[float, float] = (0.1, 100.0),
         init_depth: float = 10.0,
     ):
-        super().__init__()
+        super().__init__(in_channels, width)
         lo, hi = output_range
         self.log_min, self.log_max = math.log(lo), math.log(hi)
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in in_channels)
-        self.smooth = nn.ModuleList(_conv_bn_relu(width, width) for _ in in_channels[:-1])
-        self.predict = nn.Sequential(_conv_bn_relu(width, width // 2), nn.Conv2d(width // 2, 1, 1))
+        self.predict = nn.Sequential(conv_bn_relu(width, width // 2), nn.Conv2d(width // 2, 1, 1))
         fraction = (math.log(init_depth) - self.log_min) / (self.log_max - self.log_min)
         fraction = min(max(fraction, 1e-3), 1 - 1e-3)
         nn.init.constant_(self.predict[-1].bias, math.log(fraction / (1 - fraction)))
 
     def forward(self, features: list[Tensor]) -> Tensor:
         """(B, 1, H/4, W/4) float32 metres from the stride-4..32 feature maps."""
-        x = self.lateral[-1](features[-1])
-        for level in range(len(features) - 2, -1, -1):
-            skip = self.lateral[level](features[level])
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = self.smooth[level](x + skip)
+        x = self.merge(features)
         # float32 from here: a bf16 logit would quantise depth to about 1 %.
         logit = self.predict(x).float()
         return torch.exp(self.log_min + (self.log_max - self.log_min) * torch.sigmoid(logit))
