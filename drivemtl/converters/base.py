@@ -76,6 +76,7 @@ class SourceImage:
         size: ``(width, height)`` when the source states it; otherwise read from the header.
         dontcare: Class-less regions whose objects are not labelled (KITTI DontCare).
         depth: A uint16 metres x 256 depth PNG for this image, if any.
+        segmentation: An 8-bit PNG of segmentation class indices for this image, if any.
         meta: Free per-image information copied to the manifest's ``meta``.
     """
 
@@ -86,6 +87,7 @@ class SourceImage:
     size: tuple[int, int] | None = None
     dontcare: list[Box | None] = field(default_factory=list)
     depth: Path | None = None
+    segmentation: Path | None = None
     meta: dict | None = None
 
 
@@ -186,6 +188,7 @@ class Summary:
     not_converted: Counter = field(default_factory=Counter)
     clipped_boxes: int = 0
     with_depth: int = 0
+    with_segmentation: int = 0
     problems: int = 0
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -215,6 +218,10 @@ class Summary:
         lines.append(f"source labels not converted: {_counts(self.not_converted, limit=12)}")
         if self.with_depth:
             lines.append(f"depth maps: {self.with_depth} of {self.images_written} image(s)")
+        if self.with_segmentation:
+            lines.append(
+                f"segmentation masks: {self.with_segmentation} of {self.images_written} image(s)"
+            )
         lines.extend(f"note: {note}" for note in self.notes)
         lines.extend(f"WARNING: {warning}" for warning in self.warnings)
         if self.images_in_source and skipped * 2 > self.images_in_source:
@@ -473,7 +480,8 @@ def _convert_image(
         report.skip(img.source, entry_name, "image file not found", str(img.image))
         return None
     size = img.size
-    needed = bool(img.objects or img.dontcare or img.depth)  # header reads cost time on big sets
+    # Header reads cost time on big sets: only when something needs the size.
+    needed = bool(img.objects or img.dontcare or img.depth or img.segmentation)
     if needed and (size is None or size[0] <= 0 or size[1] <= 0):
         try:
             size = displayed_size(img.image)
@@ -558,45 +566,64 @@ def _convert_image(
     if ignore:
         entry["ignore"] = [list(r) for r in ignore]
     if img.depth is not None:
-        depth = _check_depth(img, size, report)
+        depth = _check_map(img, img.depth, size, report, "depth", DEPTH_MODES)
         if depth is not None:
             entry["depth"] = _relative(depth, base)
             summary.with_depth += 1
+    if img.segmentation is not None:
+        mask = _check_map(img, img.segmentation, size, report, "segmentation", ("L", "P"))
+        if mask is not None:
+            entry["segmentation"] = _relative(mask, base)
+            summary.with_segmentation += 1
     if img.meta:
         entry["meta"] = img.meta
     return entry
 
 
-def _check_depth(img: SourceImage, size: tuple[int, int], report: Report) -> Path | None:
-    """The depth map if it is a 16-bit PNG of the image's size; otherwise report and drop it."""
+def _check_map(
+    img: SourceImage,
+    path: Path,
+    size: tuple[int, int],
+    report: Report,
+    what: str,
+    modes: tuple[str, ...],
+) -> Path | None:
+    """A label map (depth, segmentation) if it is a PNG of one of ``modes`` of the image's
+    size; otherwise report and drop it."""
     where = img.entry or img.image.name
-    depth = img.depth
-    assert depth is not None
-    if not depth.is_file():
-        report.problem(img.source, where, "depth file not found", str(depth), "depth dropped")
+    dropped = f"{what} dropped"
+    if not path.is_file():
+        report.problem(img.source, where, f"{what} file not found", str(path), dropped)
         return None
     try:
-        with Image.open(depth) as im:
-            mode, dsize = im.mode, im.size
+        with Image.open(path) as im:
+            mode, map_size = im.mode, im.size
     except OSError as e:
-        report.problem(img.source, where, "cannot read depth", f"{depth}: {e}", "depth dropped")
+        report.problem(img.source, where, f"cannot read {what}", f"{path}: {e}", dropped)
         return None
-    if mode not in DEPTH_MODES:
+    if mode not in modes:
+        expected = _MAP_FORMATS[what]
         report.problem(
             img.source,
             where,
-            "depth is not a 16-bit PNG",
-            f"{depth} has mode {mode}; expected uint16 metres x 256",
-            "depth dropped",
+            f"{what} is not {expected[0]}",
+            f"{path} has mode {mode}; expected {expected[1]}",
+            dropped,
         )
         return None
-    if tuple(dsize) != tuple(size):
+    if tuple(map_size) != tuple(size):
         report.problem(
             img.source,
             where,
-            "depth size differs from image",
-            f"{depth} is {dsize[0]}x{dsize[1]}, image is {size[0]}x{size[1]}",
-            "depth dropped",
+            f"{what} size differs from image",
+            f"{path} is {map_size[0]}x{map_size[1]}, image is {size[0]}x{size[1]}",
+            dropped,
         )
         return None
-    return depth
+    return path
+
+
+_MAP_FORMATS = {
+    "depth": ("a 16-bit PNG", "uint16 metres x 256"),
+    "segmentation": ("an 8-bit PNG", "8-bit class indices, 255 = not annotated"),
+}

@@ -1,8 +1,9 @@
-"""Cityscapes ``gtFine`` polygons to boxes, and ``disparity`` PNGs to metric depth.
+"""Cityscapes ``gtFine`` polygons to boxes, label ids to segmentation masks, disparity to depth.
 
 Layout under ``--root`` (as downloaded)::
 
     gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_polygons.json
+    gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png     (optional)
     leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
     disparity/<split>/<city>/<city>_<seq>_<frame>_disparity.png     (optional)
     camera/<split>/<city>/<city>_<seq>_<frame>_camera.json          (optional)
@@ -10,6 +11,12 @@ Layout under ``--root`` (as downloaded)::
 A box is the extent of an object's polygon. ``*group`` labels (``persongroup``, ``cargroup``)
 are crowds: ignore regions that make their class present. Cityscapes has no stop-sign class
 (``traffic sign`` is every sign), so ``stop_sign`` is ``?``.
+
+Segmentation: each ``labelIds`` PNG is mapped through :data:`SEGMENTATION_MAPPING` (Cityscapes
+label id -> index into :data:`SEGMENTATION_CLASSES`, the segmentation task's default class list)
+and written as an 8-bit PNG in a folder beside the manifest. Ids without a mapping (unlabeled,
+ego vehicle, rectification border, out of roi, static, dynamic, license plate) become 255, not
+annotated. Cityscapes has no lane-marking label, so that class has no pixels.
 
 Depth: disparity ``d = (p - 1) / 256`` for a stored value ``p > 0`` (``p = 0``: invalid), and
 ``depth = baseline * fx / d`` metres. It is written as the manifest's uint16 metres x 256 PNGs in
@@ -37,6 +44,8 @@ from drivemtl.converters.base import (
     parse_box,
     require_dir,
 )
+from drivemtl.data.pixel_labels import IGNORE_INDEX
+from drivemtl.data.synthetic import SEGMENTATION_CLASSES
 from drivemtl.errors import DriveMTLError
 from drivemtl.jsonl import load_file
 
@@ -50,6 +59,41 @@ CITYSCAPES_LABELS = {
     "trailer", "train", "motorcycle", "bicycle", "license plate",
 }  # fmt: skip
 MAX_DEPTH_M = 65535 / 256
+LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
+
+_CITYSCAPES_IDS = {
+    "ground": 6, "road": 7, "sidewalk": 8, "parking": 9, "rail track": 10, "building": 11,
+    "wall": 12, "fence": 13, "guard rail": 14, "bridge": 15, "tunnel": 16, "pole": 17,
+    "polegroup": 18, "traffic light": 19, "traffic sign": 20, "vegetation": 21, "terrain": 22,
+    "sky": 23, "person": 24, "rider": 25, "car": 26, "truck": 27, "bus": 28, "caravan": 29,
+    "trailer": 30, "train": 31, "motorcycle": 32, "bicycle": 33,
+}  # fmt: skip
+_SEGMENTATION_GROUPS = {
+    "road": ("road",),
+    "roadside": (
+        "ground", "sidewalk", "parking", "rail track", "building", "wall", "fence",
+        "guard rail", "bridge", "tunnel", "pole", "polegroup", "vegetation", "terrain",
+    ),
+    "sky": ("sky",),
+    "vehicle": ("car", "truck", "bus", "caravan", "trailer", "train", "motorcycle", "bicycle"),
+    "pedestrian": ("person", "rider"),
+    "sign": ("traffic sign",),
+    "traffic_light": ("traffic light",),
+}  # fmt: skip
+SEGMENTATION_MAPPING: dict[int, int] = {
+    _CITYSCAPES_IDS[label]: SEGMENTATION_CLASSES.index(name)
+    for name, labels in _SEGMENTATION_GROUPS.items()
+    for label in labels
+}
+"""Cityscapes label id -> class index of the default segmentation classes; others are 255."""
+
+
+def map_label_ids(ids: np.ndarray) -> np.ndarray:
+    """A ``labelIds`` array to segmentation class indices (uint8, 255 = not annotated)."""
+    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for label_id, index in SEGMENTATION_MAPPING.items():
+        table[label_id] = index
+    return table[ids.astype(np.uint8)]
 
 
 def disparity_to_depth(stored: np.ndarray, baseline: float, fx: float) -> np.ndarray:
@@ -80,14 +124,18 @@ def read_cityscapes(
     split: str,
     report: Report,
     depth_dir: str | Path | None = None,
+    segmentation_dir: str | Path | None = None,
 ) -> SourceData:
-    """Parse ``gtFine`` polygons of one split; with ``depth_dir``, write depth PNGs there.
+    """Parse ``gtFine`` polygons of one split; with ``depth_dir`` / ``segmentation_dir``,
+    write depth PNGs / segmentation masks there.
 
     Args:
         root: The Cityscapes root folder.
         split: ``train``, ``val`` or ``test``.
         report: Receives file- and entry-level problems.
         depth_dir: Where to write ``<city>/<prefix>_depth.png``; ``None``: no depth.
+        segmentation_dir: Where to write ``<city>/<prefix>_segmentation.png``; ``None``: no
+            masks.
     """
     root = require_dir(root, "Cityscapes root")
     gt = root / "gtFine" / split
@@ -104,7 +152,7 @@ def read_cityscapes(
         report.notes.append(f"no {root / 'disparity' / split} folder: no depth maps written")
         depth_dir = None
     records = []
-    dropped_far = 0
+    dropped_far = missing_masks = 0
     for path in files:
         city = path.parent.name
         prefix = path.name[: -len(POLYGONS_SUFFIX)]
@@ -146,7 +194,19 @@ def read_cityscapes(
                 report.problem(path, "", "depth input not found", str(e), "no depth")
             except (OSError, ValueError, KeyError, TypeError) as e:
                 report.problem(path, "", "cannot convert disparity", str(e), "no depth")
+        ids = path.with_name(prefix + LABEL_IDS_SUFFIX)
+        if segmentation_dir is not None and ids.is_file():
+            try:
+                record.segmentation = _write_mask(ids, Path(segmentation_dir) / city, prefix)
+            except (OSError, ValueError) as e:
+                report.problem(path, "", "cannot convert label ids", str(e), "no mask")
+        elif segmentation_dir is not None:
+            missing_masks += 1
         records.append(record)
+    if missing_masks:
+        report.notes.append(
+            f"{missing_masks} image(s) without a *{LABEL_IDS_SUFFIX} file: no segmentation mask"
+        )
     if dropped_far:
         report.notes.append(
             f"{dropped_far} disparity pixel(s) beyond {MAX_DEPTH_M:.2f} m stored as 0"
@@ -163,6 +223,17 @@ def _polygon_box(polygon: object) -> tuple[float, float, float, float] | None:
     except (TypeError, ValueError, IndexError):
         return None
     return parse_box((min(xs), min(ys), max(xs), max(ys)))
+
+
+def _write_mask(ids_path: Path, folder: Path, prefix: str) -> Path:
+    with Image.open(ids_path) as im:
+        ids = np.asarray(im)
+    if ids.ndim != 2:
+        raise ValueError(f"{ids_path} is not a single-channel label id PNG")
+    out = folder / f"{prefix}_segmentation.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(map_label_ids(ids)).save(out)
+    return out
 
 
 def _write_depth(
@@ -199,22 +270,36 @@ def convert_cityscapes(
     options: ConvertOptions | None = None,
     depth: bool = True,
     depth_dir: str | Path | None = None,
+    segmentation: bool = True,
+    segmentation_dir: str | Path | None = None,
 ) -> Conversion:
     """Convert one Cityscapes split (see :func:`read_cityscapes`).
 
     Args:
         root: The Cityscapes root folder.
         split: ``train``, ``val`` or ``test``.
-        out: The manifest to be written; depth PNGs go to ``<out stem>_depth/`` beside it.
+        out: The manifest to be written; depth PNGs go to ``<out stem>_depth/`` beside it,
+            segmentation masks to ``<out stem>_segmentation/``.
         options: Conversion options.
         depth: Convert disparity to depth maps when the disparity and camera files exist.
         depth_dir: Where to write depth PNGs instead of beside ``out``.
+        segmentation: Convert ``labelIds`` PNGs to segmentation masks when they exist.
+        segmentation_dir: Where to write the masks instead of beside ``out`` (without either,
+            no masks are written).
     """
     out = check_out(out)
     if depth and depth_dir is None:
         if out is None:
             raise DriveMTLError("Cityscapes depth needs an output folder: give out= or depth_dir=")
         depth_dir = out.parent / f"{out.stem}_depth"
+    if segmentation and segmentation_dir is None and out is not None:
+        segmentation_dir = out.parent / f"{out.stem}_segmentation"
     report = Report()
-    data = read_cityscapes(root, split, report, depth_dir if depth else None)
+    data = read_cityscapes(
+        root,
+        split,
+        report,
+        depth_dir if depth else None,
+        segmentation_dir if segmentation else None,
+    )
     return build_manifest("cityscapes", data, report, options, out)

@@ -108,11 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="classes without a box are 0 even on images with DontCare regions (default: ?)",
     )
 
-    p = sub.add_parser("cityscapes", parents=[common], help="Cityscapes gtFine + disparity")
+    p = sub.add_parser(
+        "cityscapes", parents=[common], help="Cityscapes gtFine + disparity (boxes, masks, depth)"
+    )
     p.add_argument("--root", type=Path, required=True, help="Cityscapes root folder")
     p.add_argument("--split", required=True, help="train, val or test")
     p.add_argument("--no-depth", action="store_true", help="do not convert disparity to depth")
     p.add_argument("--depth-dir", type=Path, help="where depth PNGs go (default: beside --out)")
+    p.add_argument(
+        "--no-segmentation", action="store_true", help="do not convert labelIds PNGs to masks"
+    )
+    p.add_argument(
+        "--segmentation-dir", type=Path, help="where segmentation masks go (default: beside --out)"
+    )
     return parser
 
 
@@ -131,6 +139,7 @@ def _convert(args: argparse.Namespace, options: ConvertOptions):
     return convert_cityscapes(
         args.root, args.split, out=out, options=options,
         depth=not args.no_depth, depth_dir=args.depth_dir,
+        segmentation=not args.no_segmentation, segmentation_dir=args.segmentation_dir,
     )  # fmt: skip
 
 

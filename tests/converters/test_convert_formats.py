@@ -526,3 +526,37 @@ def test_yolo_on_an_exif_rotated_photo_uses_the_upright_size(tmp_path):
     conv = convert_yolo(labels, images, names, out=out)
     entry = written(conv, out)["phone.jpg"]  # read back: the box lies inside the 50 x 100 image
     assert entry["boxes"] == [[20.0, 30.0, 30.0, 70.0, "pedestrian"]]
+
+
+def test_cityscapes_label_ids_become_segmentation_masks(cityscapes_root, tmp_path):
+    from drivemtl.data.synthetic import SEGMENTATION_CLASSES
+
+    prefix = "aachen_000000_000019"
+    ids = np.zeros((32, 64), np.uint8)  # 0: unlabeled
+    ids[20:, :] = 7  # road
+    ids[10:20, :16] = 8  # sidewalk
+    ids[:5, :] = 23  # sky
+    ids[12:18, 30:40] = 26  # car
+    ids[12:18, 40:44] = 33  # bicycle
+    ids[5:10, 50:55] = 25  # rider
+    ids[5:10, 0:4] = 4  # static: no mapping
+    gt = cityscapes_root / "gtFine" / "val" / "aachen"
+    Image.fromarray(ids).save(gt / f"{prefix}_gtFine_labelIds.png")
+    out = tmp_path / "out" / "val.jsonl"
+    conv = convert_cityscapes(cityscapes_root, "val", out=out, depth=False)
+    e = written(conv, out)
+    first, second = e[f"{prefix}_leftImg8bit.png"], e["aachen_000001_000019_leftImg8bit.png"]
+    assert first["segmentation"] == f"val_segmentation/aachen/{prefix}_segmentation.png"
+    assert "segmentation" not in second  # no labelIds file for it
+    mask = np.asarray(Image.open(out.parent / first["segmentation"]))
+    assert mask.dtype == np.uint8 and mask.shape == (32, 64)
+    index = {name: i for i, name in enumerate(SEGMENTATION_CLASSES)}
+    expected = np.full((32, 64), 255, np.uint8)
+    expected[20:, :] = index["road"]
+    expected[10:20, :16] = index["roadside"]
+    expected[:5, :] = index["sky"]
+    expected[12:18, 30:44] = index["vehicle"]
+    expected[5:10, 50:55] = index["pedestrian"]
+    np.testing.assert_array_equal(mask, expected)
+    assert "segmentation masks: 1 of 2 image(s)" in conv.summary.table()
+    assert any("without a *_gtFine_labelIds.png" in n for n in conv.summary.notes)
