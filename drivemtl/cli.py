@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import sys
+from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 
 from drivemtl.errors import DriveMTLError
@@ -33,34 +35,63 @@ def user_message(error: DriveMTLError) -> str:
     return trace[found.end() :].rstrip() if found else text
 
 
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``drivemtl`` subcommand.
+
+    Attributes:
+        name: What the user types.
+        summary: Its line in ``drivemtl --help``.
+        entry: ``"module:function"`` taking the arguments after the name and returning the
+            exit status, imported only when the subcommand runs (so light commands never load
+            torch); ``None``: a LightningCLI subcommand.
+    """
+
+    name: str
+    summary: str
+    entry: str | None = None
+
+
 SUBCOMMANDS = (
-    "fit",
-    "validate",
-    "test",
-    "predict",
-    "export",
-    "convert",
-    "inspect",
-    "evaluate",
-    "compare",
+    Subcommand("fit", "train a model from a config (LightningCLI: --config configs/demo.yaml)"),
+    Subcommand("validate", "metrics of a checkpoint on the validation data (--ckpt_path)"),
+    Subcommand("test", "metrics of a checkpoint on the test data (--ckpt_path)"),
+    Subcommand("predict", "predictions.jsonl (+ overlays, depth and mask PNGs) for a folder"),
+    Subcommand(
+        "export",
+        "a checkpoint to ONNX or TorchScript, with --check against the checkpoint",
+        "drivemtl.deploy.cli:main",
+    ),
+    Subcommand(
+        "convert",
+        "COCO, YOLO, VOC, BDD100K, KITTI or Cityscapes annotations -> manifest",
+        "drivemtl.converters:main",
+    ),
+    Subcommand(
+        "inspect",
+        "check manifests before training: every file decoded, labels, box sizes, depth",
+        "drivemtl.inspection:main",
+    ),
+    Subcommand(
+        "evaluate",
+        "score a predictions.jsonl against a manifest, per class",
+        "drivemtl.evaluation:main",
+    ),
+    Subcommand(
+        "compare",
+        "multi-task gain over single-task runs (Delta_m) from their metrics.json",
+        "drivemtl.mtl.compare:main",
+    ),
 )
+_BY_NAME = {command.name: command for command in SUBCOMMANDS}
 
-USAGE = """\
-usage: drivemtl {fit,validate,test,predict,export,convert,inspect,evaluate,compare} ...
-
-Multi-task learning on driving scenes (presence, detection, depth) with PyTorch Lightning.
-
-subcommands (drivemtl <subcommand> --help for its options):
-  fit        train a model from a config (LightningCLI: --config configs/demo.yaml)
-  validate   metrics of a checkpoint on the validation data (--ckpt_path)
-  test       metrics of a checkpoint on the test data (--ckpt_path)
-  predict    predictions.jsonl (+ overlays, depth maps) for a folder of images
-  export     a checkpoint to ONNX or TorchScript, with --check against the checkpoint
-  convert    COCO, YOLO, VOC, BDD100K, KITTI or Cityscapes annotations -> manifest
-  inspect    check manifests before training: every file decoded, labels, box sizes, depth
-  evaluate   score a predictions.jsonl against a manifest, per class
-  compare    multi-task gain over single-task runs (Delta_m) from their metrics.json
-"""
+USAGE = (
+    f"usage: drivemtl {{{','.join(_BY_NAME)}}} ...\n\n"
+    "Multi-task learning on driving scenes (presence, detection, depth, segmentation)\n"
+    "with PyTorch Lightning.\n\n"
+    "subcommands (drivemtl <subcommand> --help for its options):\n"
+    + "".join(f"  {c.name:<10} {c.summary}\n" for c in SUBCOMMANDS)
+)
 
 
 def config_paths(argv: list[str]) -> list[str]:
@@ -178,31 +209,15 @@ def _dispatch(argv: list[str], lightning_args: list[str] | None) -> int:
         # LightningCLI's own top-level help would list only its four subcommands.
         print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    if argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+    if argv[0] not in _BY_NAME and not argv[0].startswith("-"):
         print(f"{USAGE}\ndrivemtl: error: unknown subcommand {argv[0]!r}", file=sys.stderr)
         return 2
     owns_run_dir = RUN_DIR_ENV not in os.environ
     try:
-        if argv[0] == "convert":
-            from drivemtl.converters import main as convert
-
-            return convert(argv[1:])
-        if argv[0] == "inspect":
-            from drivemtl.inspection import main as inspect
-
-            return inspect(argv[1:])
-        if argv[0] == "evaluate":
-            from drivemtl.evaluation import main as evaluate
-
-            return evaluate(argv[1:])
-        if argv[0] == "export":
-            from drivemtl.deploy.cli import main as export
-
-            return export(argv[1:])
-        if argv[0] == "compare":
-            from drivemtl.mtl.compare import main as compare
-
-            return compare(argv[1:])
+        entry = _BY_NAME[argv[0]].entry if argv[0] in _BY_NAME else None
+        if entry is not None:
+            module, function = entry.split(":")
+            return getattr(import_module(module), function)(argv[1:])
         check_config_files(argv[1:])
         from drivemtl.lightning_cli import run_lightning
 
