@@ -1,5 +1,6 @@
 """A trained model outside the CLI: the Python predictor, export with ``--check``, and exported
-files run by ``drivemtl predict``, for every head set (presence, + detection, + depth)."""
+files run by ``drivemtl predict``, for every head set (presence, + detection, + depth and
+segmentation)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
 HEAD_SETS = {
     "presence": "{presence: {}}",
     "presence+detection": "{presence: {}, detection: {min_score: 0.0}}",
-    "presence+detection+depth": "{presence: {}, detection: {min_score: 0.0}, depth: {}}",
+    "all heads": "{presence: {}, detection: {min_score: 0.0}, depth: {}, segmentation: {}}",
 }
-FULL = "presence+detection+depth"
+FULL = "all heads"
 TINY = [
     "--data.image_size=[64, 96]",
     "--data.synthetic.width=120",
@@ -91,6 +92,8 @@ def _predict_cli(ckpt: Path, images: Path, out: Path, *extra: str) -> list[dict]
     for row in rows:
         if "depth" in row:
             row["depth"] = load_depth(out / row["depth"])
+        if "segmentation" in row:
+            row["segmentation"] = np.asarray(Image.open(out / row["segmentation"]))
     return sorted(rows, key=lambda r: r["image"])
 
 
@@ -122,6 +125,9 @@ def test_predictor_returns_what_predict_writes(checkpoints, images, tmp_path):
         assert isinstance(depth, np.ndarray) and depth.dtype == np.float32
         assert depth.shape == line["depth"].shape == Image.open(row["image"]).size[::-1]
         np.testing.assert_allclose(depth, line["depth"], atol=0.5 / 256 + 1e-6)
+        mask = row["segmentation"]
+        assert mask.dtype == np.uint8 and mask.shape == depth.shape
+        np.testing.assert_array_equal(mask, line["segmentation"])  # PNG: lossless
 
 
 def test_predictor_takes_paths_pil_arrays_and_tensors(checkpoints, images):
