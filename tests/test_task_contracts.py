@@ -1,0 +1,122 @@
+"""Contracts every registered task keeps, checked on each of them (a new task is tested here
+the day it is registered): no label, no loss; an unlabelled image changes nothing; a repeated
+dataset index counts once; the head survives a state-dict round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from drivemtl.data.batch import Batch
+from drivemtl.data.pixel_labels import PIXEL_LABELS
+from drivemtl.tasks import TASKS
+
+CLASSES = ["pedestrian", "car", "stop_sign", "traffic_light"]
+CHANNELS = (8, 16, 24, 32)
+SIZE = (64, 96)
+NAMES = sorted(TASKS)
+
+
+def _features(n: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    h, w = SIZE
+    return [
+        torch.randn(n, c, h // s, w // s, generator=g) for c, s in zip(CHANNELS, (4, 8, 16, 32))
+    ]
+
+
+def _batch(labelled: list[bool], seed: int = 0) -> Batch:
+    """Images with every kind of label (presence, boxes, each label map), or none at all."""
+    rng = np.random.default_rng(seed)
+    n = len(labelled)
+    h, w = SIZE
+    presence = torch.tensor(rng.integers(0, 2, (n, len(CLASSES))))
+    presence[~torch.tensor(labelled)] = -1
+    boxes = [torch.tensor([[10.0, 8.0, 40.0, 50.0], [50.0, 20.0, 90.0, 60.0]]) for _ in range(n)]
+    labels = [torch.tensor([0, 1]) for _ in range(n)]
+    maps = {
+        "depth": torch.tensor(rng.uniform(2, 60, (n, 1, h, w)), dtype=torch.float32),
+        "segmentation": torch.tensor(rng.integers(0, 8, (n, 1, h, w))),
+    }
+    assert set(maps) == set(PIXEL_LABELS), "a new label map needs an entry here"
+    for i, known in enumerate(labelled):
+        if not known:
+            boxes[i] = labels[i] = None
+            for key, value in maps.items():
+                value[i] = PIXEL_LABELS[key].fill
+    return Batch(
+        images=torch.zeros(n, 3, h, w, dtype=torch.uint8),
+        presence=presence,
+        index=torch.arange(n),
+        paths=[f"{i}.png" for i in range(n)],
+        original_sizes=torch.tensor([SIZE] * n),
+        boxes=boxes,
+        box_labels=labels,
+        ignore=[torch.zeros(0, 4) for _ in range(n)],
+        maps=maps,
+    )
+
+
+def _setup(name: str):
+    torch.manual_seed(0)
+    task = TASKS[name]()
+    head = task.build_head(CHANNELS, CLASSES)
+    return task, head
+
+
+def _leaves(output) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return [v for v in output.values() if isinstance(v, torch.Tensor)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_label_gives_zero_loss_and_finite_zero_gradients(name):
+    task, head = _setup(name)
+    features = [f.requires_grad_() for f in _features(2)]
+    loss, count = task.loss(head(features), _batch([False, False]))
+    loss.backward()
+    assert count == 0 and float(loss) == 0.0
+    for f in features:  # a level the head does not read gets no gradient at all
+        assert f.grad is None or (torch.isfinite(f.grad).all() and not f.grad.any())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_unlabelled_image_gets_exactly_zero_gradient(name):
+    task, head = _setup(name)
+    head.eval()  # batch-norm statistics of a training batch would mix the images
+    features = [f.requires_grad_() for f in _features(2)]
+    loss, count = task.loss(head(features), _batch([True, False]))
+    loss.backward()
+    assert count > 0 and torch.isfinite(loss)
+    grads = [f.grad for f in features if f.grad is not None]
+    assert all(not g[1].any() for g in grads)  # image 1 has no label of any kind
+    assert any(g[0].abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_repeated_dataset_index_counts_once(name):
+    task, head = _setup(name)
+    head.eval()
+    batch = _batch([True, True, False])
+    with torch.no_grad():
+        output = head(_features(3))
+    once, twice = task.build_metric(CLASSES), task.build_metric(CLASSES)
+    task.update_metric(once, output, batch)
+    task.update_metric(twice, output, batch)
+    task.update_metric(twice, output, batch)  # a distributed sampler's padding
+    choose = name == "presence"
+    assert task.report(twice, head, choose) == task.report(once, head, choose)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_head_survives_a_state_dict_round_trip(name):
+    task, head = _setup(name)
+    head.eval()
+    again = task.build_head(CHANNELS, CLASSES).eval()
+    again.load_state_dict(head.state_dict())
+    features = _features(1)
+    with torch.no_grad():
+        for a, b in zip(_leaves(head(features)), _leaves(again(features))):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
