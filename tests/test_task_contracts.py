@@ -120,3 +120,41 @@ def test_the_head_survives_a_state_dict_round_trip(name):
     with torch.no_grad():
         for a, b in zip(_leaves(head(features)), _leaves(again(features))):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class _PluginTask(TASKS["presence"]):
+    """A third-party task: presence under another name."""
+
+    name = "plugin_presence"
+
+
+def test_a_task_from_another_package_registers_through_its_entry_point(monkeypatch):
+    import importlib.metadata
+
+    import drivemtl.tasks as tasks
+
+    points = [
+        importlib.metadata.EntryPoint(
+            "plugin_presence", f"{__name__}:_PluginTask", tasks.ENTRY_POINT_GROUP
+        ),
+        importlib.metadata.EntryPoint("broken", "no_such_module:Task", tasks.ENTRY_POINT_GROUP),
+    ]
+    monkeypatch.setattr(tasks, "entry_points", lambda group: points)
+    monkeypatch.delitem(TASKS, "plugin_presence", raising=False)
+    with pytest.warns(UserWarning, match=r"'broken' \(no_such_module:Task\) was not loaded"):
+        assert tasks.load_task_plugins() == ["plugin_presence"]
+    try:
+        built = tasks.build_tasks({"plugin_presence": {}})
+        assert isinstance(built["plugin_presence"], _PluginTask)
+    finally:
+        TASKS.pop("plugin_presence")
+
+
+def test_a_task_name_cannot_be_taken_twice():
+    from drivemtl.tasks import register_task
+
+    class Other(TASKS["depth"]):
+        name = "presence"
+
+    with pytest.raises(ValueError, match="'presence' is taken by drivemtl.tasks.presence"):
+        register_task(Other)

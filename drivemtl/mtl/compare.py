@@ -13,8 +13,8 @@ the single-task models on average.
 Metric keys are paths in ``metrics.json`` with the ``per_class`` level left out:
 ``presence/map``, ``presence/pedestrian/ap``, ``detection/map``, ``detection/car/ap50``,
 ``depth/abs_rel``. Without ``--metrics``, each single-task file gives its main metrics: the AP of
-its class for a single-class presence run (else ``presence/map``), ``detection/map``, and
-``depth/abs_rel``.
+its class for a single-class presence run (else ``presence/map``), ``detection/map``,
+``depth/abs_rel`` and ``segmentation/miou``.
 
 This module needs no torch: the command starts fast.
 """
@@ -70,21 +70,25 @@ def flatten(report: Mapping, prefix: str = "") -> dict[str, float | None]:
     return out
 
 
+MAIN_METRICS = {"presence": "map", "detection": "map", "depth": "abs_rel", "segmentation": "miou"}
+"""Each task's main metric: its ``Task.monitor``, except detection's COCO mAP (IoU 0.5:0.95)
+where checkpoints keep mAP@0.5. Kept here so that ``compare`` needs no torch; checked against
+the registered tasks by ``tests/mtl/test_mtl_compare.py``."""
+
+
 def default_metrics(report: Mapping, path: str) -> list[str]:
     """The main metric of each task section of a single-task ``metrics.json``."""
     keys = []
     for section, content in report.items():
-        if section == "presence":
-            classes = list((content or {}).get("per_class", {}))
-            keys.append(f"presence/{classes[0]}/ap" if len(classes) == 1 else "presence/map")
-        elif section == "detection":
-            keys.append("detection/map")
-        elif section == "depth":
-            keys.append("depth/abs_rel")
-        else:
+        if section not in MAIN_METRICS:
             raise DriveMTLError(
                 f"{path}: no default metric for section {section!r}; name them with --metrics."
             )
+        classes = list((content or {}).get("per_class", {}))
+        if section == "presence" and len(classes) == 1:  # one class: its own AP
+            keys.append(f"presence/{classes[0]}/ap")
+        else:
+            keys.append(f"{section}/{MAIN_METRICS[section]}")
     return keys
 
 

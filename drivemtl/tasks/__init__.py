@@ -1,22 +1,48 @@
-"""Tasks on the shared trunk, by name. Adding a task: one module here and one registry entry."""
+"""Tasks on the shared trunk, by name. Adding a task: one module with a ``@register_task``
+class, imported here; other packages add theirs through the ``drivemtl.tasks`` entry-point
+group (``[project.entry-points."drivemtl.tasks"] mytask = "mypkg.tasks:MyTask"``)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
+from importlib.metadata import entry_points
 
 from drivemtl.errors import DriveMTLError
-from drivemtl.tasks.base import Task
+from drivemtl.tasks.base import TASKS, Task, register_task
 from drivemtl.tasks.depth import DepthTask
 from drivemtl.tasks.detection import DetectionTask
 from drivemtl.tasks.presence import PresenceTask, masked_bce
 from drivemtl.tasks.segmentation import SegmentationTask
 
-TASKS: dict[str, type[Task]] = {
-    "presence": PresenceTask,
-    "detection": DetectionTask,
-    "depth": DepthTask,
-    "segmentation": SegmentationTask,
-}
+ENTRY_POINT_GROUP = "drivemtl.tasks"
+
+
+def load_task_plugins() -> list[str]:
+    """Register the tasks other installed packages declare in :data:`ENTRY_POINT_GROUP`.
+
+    A plugin that fails to import is skipped with a warning naming it (one broken package
+    must not stop every run); returns the names registered.
+    """
+    found = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = point.load()
+            if not (isinstance(cls, type) and issubclass(cls, Task)):
+                raise TypeError(f"{point.value} is not a drivemtl Task class")
+            register_task(cls)
+        except Exception as e:  # any import error of a third-party package
+            warnings.warn(
+                f"Task plugin {point.name!r} ({point.value}) was not loaded: "
+                f"{type(e).__name__}: {e}",
+                stacklevel=2,
+            )
+            continue
+        found.append(cls.name)
+    return found
+
+
+load_task_plugins()
 
 
 def build_tasks(spec: Mapping[str, Mapping | None]) -> dict[str, Task]:
@@ -42,5 +68,7 @@ __all__ = [
     "SegmentationTask",
     "Task",
     "build_tasks",
+    "load_task_plugins",
+    "register_task",
     "masked_bce",
 ]

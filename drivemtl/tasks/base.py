@@ -127,3 +127,20 @@ class Task(ABC):
 
         walk(self.name, report)
         return out
+
+
+TASKS: dict[str, type[Task]] = {}
+"""Registered tasks by name (``model.tasks`` keys), in registration order."""
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task available under its ``name`` in ``model.tasks``."""
+    if not getattr(cls, "name", None):
+        raise ValueError(f"task class {cls.__name__} has no name")
+    known = TASKS.get(cls.name)
+    if known is not None and known is not cls:
+        raise ValueError(
+            f"task name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}"
+        )
+    TASKS[cls.name] = cls
+    return cls

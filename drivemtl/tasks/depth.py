@@ -20,7 +20,7 @@ from drivemtl.data.io import save_depth_png
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, DepthMetric
 from drivemtl.models.fpn import FPNDecoder, conv_bn_relu
 from drivemtl.prediction.depth_preview import colorize_depth
-from drivemtl.tasks.base import Task
+from drivemtl.tasks.base import Task, register_task
 
 DEPTH_TOLERANCE = 1e-3
 """Largest relative depth difference an exported file may show against the eager model."""
@@ -139,6 +139,7 @@ class DepthHead(FPNDecoder):
         return torch.exp(self.log_min + (self.log_max - self.log_min) * torch.sigmoid(logit))
 
 
+@register_task
 class DepthTask(Task):
     """Per-pixel metric depth in metres.
 

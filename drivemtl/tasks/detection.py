@@ -34,7 +34,7 @@ from drivemtl.models.fcos import (
     make_locations,
     postprocess,
 )
-from drivemtl.tasks.base import Task
+from drivemtl.tasks.base import Task, register_task
 
 BOX_TOLERANCE_PX = 0.5
 BOX_SCORE_SLACK = 1e-3
@@ -55,6 +55,7 @@ def _in_regions(points: Tensor, regions: Tensor | None) -> Tensor:
     return (inside & (y <= regions[:, 3])).any(dim=1)
 
 
+@register_task
 class DetectionTask(Task):
     """FCOS-style anchor-free detection of the configured classes.
 

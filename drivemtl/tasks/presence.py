@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from drivemtl.data.batch import Batch
 from drivemtl.metrics.presence import DEFAULT_THRESHOLD, PresenceMetric
-from drivemtl.tasks.base import Task
+from drivemtl.tasks.base import Task, register_task
 
 PROBABILITY_TOLERANCE = 1e-4
 """Largest presence probability difference an exported file may show against the eager model."""
@@ -83,6 +83,7 @@ class PresenceHead(nn.Module):
         return self.fc(self.dropout(torch.cat(pooled, dim=1)))
 
 
+@register_task
 class PresenceTask(Task):
     """Presence of every configured class.
 

@@ -26,7 +26,7 @@ from drivemtl.data.synthetic import SEGMENTATION_CLASSES
 from drivemtl.errors import DriveMTLError
 from drivemtl.metrics.indexed import IndexedMetric, cat_state
 from drivemtl.models.fpn import FPNDecoder, conv_bn_relu
-from drivemtl.tasks.base import Task
+from drivemtl.tasks.base import Task, register_task
 
 PIXEL_TOLERANCE = 1e-3
 """Largest fraction of pixels whose class an exported file may change against the eager model."""
@@ -170,6 +170,7 @@ def upsample_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+@register_task
 class SegmentationTask(Task):
     """Per-pixel classes over the shared trunk.
 

@@ -94,3 +94,16 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, multi, single, extra, mess
     code = main(["compare", "--multi", str(multi), "--single", str(single), *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_every_task_has_a_default_metric_for_compare():
+    """A registered task without one would make ``compare`` refuse its metrics.json."""
+    from drivemtl.mtl.compare import MAIN_METRICS
+    from drivemtl.tasks import TASKS
+
+    assert set(MAIN_METRICS) == set(TASKS)
+    for name, task in TASKS.items():
+        # The checkpoint monitor, except detection: compare scores the stricter COCO mAP
+        # (IoU 0.5:0.95), checkpoints keep the highest mAP@0.5.
+        expected = "map" if name == "detection" else task.monitor
+        assert MAIN_METRICS[name] == expected, name
