@@ -1,6 +1,6 @@
 """Throughput of the synthetic data generator on one CPU core, end to end.
 
-Measures ``generate_dataset`` (render + JPEG encode + depth PNG encode + file writes + manifest)
+Measures ``generate_dataset`` (render + JPEG encode + depth and mask PNG encode + file writes + manifest)
 into a temporary folder, after a short warm-up that fills the per-size caches, and prints the
 machine it ran on. The process is pinned to one core where the OS allows it, so the figure is
 comparable across machines and not inflated by threaded libraries.
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> float:
     rate = args.num_images / elapsed
     print(
         f"images   : {args.num_images} at {args.width}x{args.height}, "
-        f"{size / args.num_images / 1024:.1f} KiB per image (jpg + png)"
+        f"{size / args.num_images / 1024:.1f} KiB per image (jpg + depth and mask png)"
     )
     print(f"wall     : {elapsed:.2f} s  ->  {rate:.1f} images/s on one core")
     # CPU time of this process: the same figure on a machine shared with other jobs.
