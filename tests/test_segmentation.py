@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,3 +234,34 @@ def test_synthetic_masks_agree_with_the_boxes_and_the_horizon():
         for ground in ("road", "lane_marking"):  # polygon edges may touch the horizon's row
             assert not ((mask == index[ground]) & (rows < horizon - 1)).any()
     assert checked > 0
+
+
+def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2
+    )
+    pred, true = _DDP_PRED, _DDP_TRUE
+    metric = SegmentationMetric(CLASSES)
+    if rank == 0:  # images 0 and 2
+        metric.update(pred[[0, 2]], true[[0, 2]], torch.tensor([0, 2]))
+    else:  # image 1 and the sampler's padding: image 0 again
+        metric.update(pred[[1, 0]], true[[1, 0]], torch.tensor([1, 0]))
+    report = metric.report()  # torchmetrics gathers both ranks' states first
+    (Path(out_dir) / f"{rank}.json").write_text(json.dumps(report))
+    torch.distributed.destroy_process_group()
+
+
+_DDP_PRED = torch.tensor([[[0, 1, 2]], [[1, 1, 1]], [[2, 2, 0]]])
+_DDP_TRUE = torch.tensor([[[0, 1, 1]], [[1, 255, 0]], [[2, 0, 0]]])
+
+
+@pytest.mark.slow
+def test_two_processes_gather_and_count_each_image_once(tmp_path):
+    torch.multiprocessing.spawn(
+        _ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    matrix = confusion(_DDP_PRED, _DDP_TRUE, 3).sum(0)  # each of the three images once
+    expected = segmentation_report(matrix, 3, CLASSES)
+    assert expected["labelled_pixels"] == 8
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"{rank}.json").read_text()) == expected

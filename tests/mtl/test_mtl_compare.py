@@ -83,7 +83,7 @@ TWO_CLASSES = {"a": {}, "b": {}}
         (DEPTH, {"presence": {"map": 0.5}}, [], "'presence/map' is missing from the multi"),
         (MULTI, {"presence": {"map": None, "per_class": TWO_CLASSES}}, [], "undefined (null)"),
         (MULTI, {"presence": {"map": 0, "per_class": TWO_CLASSES}}, [], "gain is undefined"),
-        (MULTI, {"segmentation": {"miou": 0.5}}, [], "no default metric for section"),
+        (MULTI, {"lanes": {"f1": 0.5}}, [], "no default metric for section"),
         (MULTI, PEDESTRIAN, ["--output", "x.txt"], "--output must end in .json or .md"),
         (MULTI, {"presence": 5}, [], "section(s) ['presence'] are not objects of metrics"),
     ],
