@@ -70,7 +70,7 @@ def test_same_seed_gives_byte_identical_files(small, tmp_path):
         tmp_path / "b", N, seed=SEED, config=SyntheticConfig(width=W, height=H)
     )
     first, second = all_files(small.parent), all_files(again.parent)
-    assert len(first) == 2 * N + 1
+    assert len(first) == 3 * N + 1  # image, depth map, mask per image; the manifest
     assert first == second
 
 
@@ -92,7 +92,7 @@ def test_other_seed_gives_other_images(small, tmp_path):
 
 def test_image_i_does_not_depend_on_num_images(small, tmp_path):
     few = generate_dataset(tmp_path / "d", 5, seed=SEED, config=SyntheticConfig(width=W, height=H))
-    for sub in ("images", "depth"):
+    for sub in ("images", "depth", "segmentation"):
         for p in sorted((few.parent / sub).iterdir()):
             assert p.read_bytes() == (small.parent / sub / p.name).read_bytes()
     assert read_lines(few) == read_lines(small)[:5]
@@ -105,9 +105,12 @@ def test_manifest_parses_and_has_the_documented_layout(small):
     records = read_manifest(small, DEFAULT_CLASSES)  # also checks files and boxes in the image
     assert len(records) == N
     for i, entry in enumerate(read_lines(small)):
-        assert set(entry) == {"image", "presence", "boxes", "depth"}
+        assert set(entry) == {"image", "presence", "boxes", "depth", "segmentation"}
         assert entry["image"] == f"images/{i:06d}.jpg"
         assert entry["depth"] == f"depth/{i:06d}.png"
+        assert entry["segmentation"] == f"segmentation/{i:06d}.png"
+        with Image.open(small.parent / entry["segmentation"]) as im:
+            assert im.mode == "L" and im.size == (W, H)
         assert set(entry["presence"]) == set(DEFAULT_CLASSES)
         with Image.open(small.parent / entry["image"]) as im:
             assert im.format == "JPEG" and im.size == (W, H) and im.mode == "RGB"
@@ -155,7 +158,7 @@ def test_dropout_makes_unknowns_at_the_rate_and_keeps_pixels(tmp_path):
     dropped = generate_dataset(
         tmp_path / "drop", n, seed=3, config=SyntheticConfig(width=W, height=H, dropout=rates)
     )
-    for sub in ("images", "depth"):
+    for sub in ("images", "depth", "segmentation"):
         for p in sorted((plain.parent / sub).iterdir()):
             assert p.read_bytes() == (dropped.parent / sub / p.name).read_bytes()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from drivemtl.console import setup_console
 from drivemtl.data.io import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, DEPTH_PNG_SCALE
 from drivemtl.errors import DriveMTLError
-from drivemtl.evaluation.report import matching_lines
+from drivemtl.evaluation.report import matching_lines, shown_order
 from drivemtl.reporting import format_report
 
 EXIT_BAD_INPUT = 2
@@ -119,8 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     print("\n".join(matching_lines(result.matching)))
     print()
-    for task, section in result.report.items():
-        print(format_report({task: section}))
+    for task in shown_order(result.report):
+        print(format_report({task: result.report[task]}))
         print()
     print(f"Metrics: {result.output_dir / 'metrics.json'}")
     print(f"Report:  {result.output_dir / 'report.md'}")

@@ -7,6 +7,15 @@ from pathlib import Path
 
 from drivemtl.reporting import DETECTION_COLUMNS, PRESENCE_COLUMNS, format_report
 
+SHOWN_FIRST = ("presence", "detection", "depth")
+"""The order of the sections in report.md and on the terminal; other tasks' follow."""
+
+
+def shown_order(report: dict) -> list[str]:
+    """The report's sections in the order report.md and the terminal show them."""
+    return [t for t in SHOWN_FIRST if t in report] + [t for t in report if t not in SHOWN_FIRST]
+
+
 LISTED = 10
 """How many names of each unmatched kind the terminal and report.md show (matching.json: all)."""
 
@@ -217,8 +226,9 @@ def write_report(
         parts += ["## Detection", "", detection_markdown_table(report["detection"]), ""]
     if "depth" in report:
         parts += ["## Depth", "", depth_markdown_table(report["depth"]), ""]
-    for task, section in report.items():  # tasks without a table of their own
-        if task not in ("presence", "detection", "depth"):
+    for task in shown_order(report):  # tasks without a table of their own
+        section = report[task]
+        if task not in SHOWN_FIRST:
             title = task.replace("_", " ").capitalize()
             text = format_report({task: section})
             parts += [f"## {title}", "", "```", text, "```", ""]
