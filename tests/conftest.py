@@ -136,8 +136,3 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
-
-def pytest_collection_modifyitems(config, items):
-    """The slow integration tests first: on two xdist workers the demo (minutes) then runs
-    beside everything else instead of last, alone. The order is the same on every worker."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
