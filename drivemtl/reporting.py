@@ -37,6 +37,15 @@ def _cell(value) -> str:
     return str(value)
 
 
+def markdown_cell(value) -> str:
+    """A report.md table cell: ``-`` for undefined, three decimals for a float."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
 def presence_table(section: dict) -> str:
     """The per-class presence table as fixed-width text (``-`` marks an undefined value)."""
     rows = [("class", *PRESENCE_COLUMNS)]

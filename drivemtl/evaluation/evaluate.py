@@ -12,10 +12,8 @@ from torch import Tensor
 from drivemtl.console import progress
 from drivemtl.data.io import DEPTH_PNG_SCALE
 from drivemtl.data.manifest import Record, read_manifest
-from drivemtl.data.synthetic import SEGMENTATION_CLASSES
 from drivemtl.errors import DriveMTLError
-from drivemtl.evaluation.depth import evaluate_depth
-from drivemtl.evaluation.detection import evaluate_detection
+from drivemtl.evaluation.inputs import EvaluationInputs
 from drivemtl.evaluation.matching import MatchResult, manifest_image, match_images
 from drivemtl.evaluation.metrics import decision_threshold, presence_metrics, stack_labels
 from drivemtl.evaluation.plots import plot_ap_f1, plot_pr_curve, safe_name
@@ -25,7 +23,7 @@ from drivemtl.jsonl import BadJSON, loads, read_lines
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH
 from drivemtl.prediction.files import write_json
 from drivemtl.reporting import write_metrics
-from drivemtl.tasks.segmentation import evaluate_segmentation
+from drivemtl.tasks import TASKS
 
 
 @dataclass
@@ -166,24 +164,9 @@ def evaluate(
     matching = _matching_summary(
         preds, manifest_paths, images, matched, manifest_duplicates, named, classes, predicted, root
     )
-    # Depth when the manifest has depth maps and the predictions point to theirs.
-    depth = evaluate_depth(
-        preds.path, preds.images, records, matched.pairs, min_depth, max_depth, depth_scale
-    )
-    if depth is not None:
-        report["depth"] = depth.report
-        matching["depth"] = {
-            "cap_metres": list(depth.cap),
-            "images_with_ground_truth": depth.ground_truth_images,
-            "images_without_predicted_depth": len(depth.without_prediction),
-        }
-        matching["lists"]["images_without_predicted_depth"] = depth.without_prediction
-    # Detection when the manifest has boxes and the predictions have theirs.
-    if box_score_threshold is None:
-        stated_box = preds.run_info.get("box_score_threshold")
-        if isinstance(stated_box, (int, float)) and not isinstance(stated_box, bool):
-            box_score_threshold = float(stated_box)
-    detection = evaluate_detection(
+    # Every other task scores its own fields (boxes, depth maps, masks), when both sides
+    # have them, with its training metric.
+    inputs = EvaluationInputs(
         preds.path,
         preds.images,
         records,
@@ -191,29 +174,20 @@ def evaluate(
         classes,
         all_classes,
         named,
-        box_score_threshold,
+        preds.run_info,
+        {
+            "min_depth": min_depth,
+            "max_depth": max_depth,
+            "depth_scale": depth_scale,
+            "box_score_threshold": box_score_threshold,
+        },
     )
-    if detection is not None:
-        report["detection"] = detection.report
-        matching["detection"] = {
-            "images_with_box_annotation": detection.annotated_images,
-            "images_without_predicted_boxes": len(detection.without_prediction),
-        }
-        matching["lists"]["images_without_predicted_boxes"] = detection.without_prediction
-    # Segmentation when the manifest has masks and the predictions point to theirs.
-    stated = preds.run_info.get("segmentation_classes")
-    mask_classes = stated if isinstance(stated, list) else list(SEGMENTATION_CLASSES)
-    segmentation = evaluate_segmentation(
-        preds.path, preds.images, records, matched.pairs, mask_classes
-    )
-    if segmentation is not None:
-        report["segmentation"], without = segmentation
-        matching["segmentation"] = {
-            "classes": mask_classes,
-            "classes_from": "run.json" if isinstance(stated, list) else "default",
-            "images_without_predicted_mask": len(without),
-        }
-        matching["lists"]["images_without_predicted_mask"] = without
+    for name, task in TASKS.items():
+        found = task.evaluate_files(inputs)
+        if found is not None:
+            report[name] = found.report
+            matching[name] = found.matching
+            matching["lists"].update(found.lists)
     if not report:
         raise DriveMTLError(
             f"Nothing to evaluate: {preds.path} has no 'presence', and no matched image has "

@@ -5,19 +5,31 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from drivemtl.reporting import DETECTION_COLUMNS, PRESENCE_COLUMNS, format_report
-
-SHOWN_FIRST = ("presence", "detection", "depth")
-"""The order of the sections in report.md and on the terminal; other tasks' follow."""
+from drivemtl.reporting import format_report
 
 
 def shown_order(report: dict) -> list[str]:
-    """The report's sections in the order report.md and the terminal show them."""
-    return [t for t in SHOWN_FIRST if t in report] + [t for t in report if t not in SHOWN_FIRST]
+    """The report's sections in the order report.md and the terminal show them (each task's
+    ``report_rank``, then the report's order)."""
+    from drivemtl.tasks import TASKS
+
+    def rank(name: str) -> int:
+        task = TASKS.get(name)
+        return task.report_rank if task else 100
+
+    return sorted(report, key=rank)
 
 
 LISTED = 10
 """How many names of each unmatched kind the terminal and report.md show (matching.json: all)."""
+
+
+def shown_names(names: list[str], count: int) -> str:
+    """The first :data:`LISTED` of ``names`` and how many more there are."""
+    shown = names[:LISTED]
+    more = f", ... ({count - len(shown)} more)" if count > len(shown) else ""
+    return ", ".join(shown) + more
+
 
 DEFINITIONS = """\
 ## Definitions
@@ -28,98 +40,6 @@ DEFINITIONS = """\
   images on either side are counted above, not scored.
 - `null` in `metrics.json` (shown as `-`) means undefined, never 0.
 """
-
-PRESENCE_DEFINITIONS = """\
-## Presence definitions
-
-- Per class, only images where the class is labelled `1` or `0` count; `?` is excluded
-  (`unknown`). `labelled` = `1` + `0` entries, `positives` = `1` entries.
-- **AP**: average precision from the probabilities (area under the precision-recall step
-  curve, ties in score grouped, as torchmetrics computes it); `null` without a positive.
-- **F1, precision, recall**: from the decisions in `present` (the producing system's
-  thresholds). F1 and recall are `null` without a positive; precision is `null` when the
-  class is never decided present.
-- **threshold**: the decision threshold the producing run recorded (`run.json`) when the
-  decisions follow it; else the smallest probability among images decided present, when
-  every image at or above it is decided present; else `null`.
-"""
-
-
-DEPTH_DEFINITIONS = """\
-## Depth definitions
-
-- Per image, over its valid pixels: ground truth strictly inside the cap (default
-  (0.001, 80) m; 0 = no measurement is never inside); predictions are clamped into the cap.
-  Each metric is computed per image, then averaged over images with at least one valid pixel.
-  With `p` the prediction and `g` the ground truth, in metres:
-- **abs_rel** mean(|p - g| / g); **sq_rel** mean((p - g)^2 / g); **rmse** sqrt(mean((p - g)^2));
-  **rmse_log** sqrt(mean((ln p - ln g)^2)); **delta1/2/3** fraction with
-  max(p / g, g / p) < 1.25, 1.25^2, 1.25^3.
-- `valid_pixels` and `images` count what was scored; metrics are `null` when no image has a
-  valid pixel.
-"""
-
-DETECTION_DEFINITIONS = """\
-## Detection definitions
-
-- Only images whose manifest entry has `boxes` count (`boxes: null` is not annotated); on an
-  image where a class is `?`, its predicted and true boxes are left out (`images` counts the
-  images where the class is annotated). Ignore regions (crowds, DontCare) are COCO crowd
-  boxes: a detection covering one is neither right nor wrong.
-- **ap50**, **ap**: COCO average precision (101-point interpolated) at IoU 0.5 and averaged
-  over IoU 0.50:0.05:0.95, from every listed box (torchmetrics `MeanAveragePrecision`,
-  faster-coco-eval backend); **map50** and **map** average them over the classes with ground
-  truth. `null` for a class without ground truth.
-- **precision**, **recall**, **f1**: boxes scoring at least the score threshold (the producing
-  run's operating point, `run.json`), matched one to one at IoU >= 0.5, best score first.
-  Precision is `null` without such a box, recall and F1 without ground truth.
-"""
-
-DEPTH_COLUMNS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
-
-
-def detection_markdown_table(section: dict) -> str:
-    """The per-class detection table in Markdown, with mAP@0.5 and mAP below."""
-    head = ["class", *DETECTION_COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(DETECTION_COLUMNS) + "|"]
-    for name, metrics in section["per_class"].items():
-        cells = [_cell(metrics.get(k)) for k in DETECTION_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    blanks = " |" * (len(DETECTION_COLUMNS) - 2)
-    lines.append(
-        f"| **mean** | **{_cell(section.get('map50'))}** | **{_cell(section.get('map'))}** |"
-        + blanks
-    )
-    threshold = _cell(section.get("score_threshold"))
-    return "\n".join(lines) + f"\n\nScore threshold for precision and recall: {threshold}."
-
-
-def depth_markdown_table(section: dict) -> str:
-    """The depth metrics as a one-row Markdown table, with the counts."""
-    head = [*DEPTH_COLUMNS, "valid_pixels", "images"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-    lines.append("| " + " | ".join(_cell(section.get(k)) for k in head) + " |")
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-def markdown_table(section: dict) -> str:
-    """The per-class presence table in Markdown."""
-    head = ["class", *PRESENCE_COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(PRESENCE_COLUMNS) + "|"]
-    for name, metrics in section["per_class"].items():
-        cells = [_cell(metrics.get(k)) for k in PRESENCE_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    blanks = " |" * (len(PRESENCE_COLUMNS) - 1)
-    lines.append(f"| **macro mAP** | **{_cell(section.get('map'))}** |{blanks}")
-    return "\n".join(lines)
 
 
 def matching_lines(matching: dict) -> list[str]:
@@ -151,35 +71,11 @@ def matching_lines(matching: dict) -> list[str]:
         if key == "manifest_images_without_prediction" and unreadable:
             extra = f"; {unreadable} of them were unreadable at predict time (errors.jsonl)"
         lines.append(f"WARNING: {count} {text}{extra}: {', '.join(names)}{more}")
-    depth = matching.get("depth")
-    if depth:
-        lo, hi = depth["cap_metres"]
-        lines.append(
-            f"Depth: {depth['images_with_ground_truth']} matched image(s) have ground truth, "
-            f"scored within ({lo:g}, {hi:g}) m."
-        )
-        count = depth["images_without_predicted_depth"]
-        if count:
-            names = matching["lists"]["images_without_predicted_depth"][:LISTED]
-            more = f", ... ({count - len(names)} more)" if count > len(names) else ""
-            lines.append(
-                f"WARNING: {count} image(s) with depth ground truth have no predicted depth "
-                f"(not in the depth metrics): {', '.join(names)}{more}"
-            )
-    detection = matching.get("detection")
-    if detection:
-        lines.append(
-            f"Detection: {detection['images_with_box_annotation']} matched image(s) are "
-            "annotated for boxes."
-        )
-        count = detection["images_without_predicted_boxes"]
-        if count:
-            names = matching["lists"]["images_without_predicted_boxes"][:LISTED]
-            more = f", ... ({count - len(names)} more)" if count > len(names) else ""
-            lines.append(
-                f"WARNING: {count} box-annotated image(s) have no predicted boxes "
-                f"(not in the detection metrics): {', '.join(names)}{more}"
-            )
+    from drivemtl.tasks import TASKS
+
+    for name, task in TASKS.items():
+        if name in matching:
+            lines += task.evaluation_lines(matching[name], matching["lists"])
     if matching["manifest_classes_not_predicted"]:
         lines.append(
             "Manifest classes with no prediction (not evaluated): "
@@ -220,28 +116,21 @@ def write_report(
     parts += ["", "## Matching", ""]
     parts += [f"- {line}" for line in matching_lines(matching)]
     parts.append("")
-    if "presence" in report:
-        parts += ["## Presence per class", "", markdown_table(report["presence"]), ""]
-    if "detection" in report:
-        parts += ["## Detection", "", detection_markdown_table(report["detection"]), ""]
-    if "depth" in report:
-        parts += ["## Depth", "", depth_markdown_table(report["depth"]), ""]
-    for task in shown_order(report):  # tasks without a table of their own
-        section = report[task]
-        if task not in SHOWN_FIRST:
-            title = task.replace("_", " ").capitalize()
-            text = format_report({task: section})
-            parts += [f"## {title}", "", "```", text, "```", ""]
+    from drivemtl.tasks import TASKS
+
+    for name in shown_order(report):
+        task = TASKS.get(name)
+        title = (task.report_title if task else "") or name.replace("_", " ").capitalize()
+        text = task.markdown(report[name]) if task else format_report({name: report[name]})
+        parts += [f"## {title}", "", text, ""]
     if figures:
         parts += ["## Plots", ""]
         for caption, figure in figures.items():
             parts += [f"![{caption}]({link(figure)})", ""]
     parts.append(DEFINITIONS)
-    if "presence" in report:
-        parts.append(PRESENCE_DEFINITIONS)
-    if "detection" in report:
-        parts.append(DETECTION_DEFINITIONS)
-    if "depth" in report:
-        parts.append(DEPTH_DEFINITIONS)
+    for name in shown_order(report):
+        definitions = getattr(TASKS.get(name), "definitions", "")
+        if definitions:
+            parts.append(definitions)
     path.write_text("\n".join(parts))
     return path

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from drivemtl.data.batch import Batch
+from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
 
 
 class Task(ABC):
@@ -39,6 +40,12 @@ class Task(ABC):
     splits_by_class: bool = False
     map_format: str = "PNG"
     """How ``predict``'s summary describes the task's map files (``pixel_label`` tasks)."""
+    report_title: str = ""
+    """The heading of the task's section in ``evaluate``'s report.md (default: its name)."""
+    report_rank: int = 100
+    """Where report.md and the terminal show the task's section (lower: earlier)."""
+    definitions: str = ""
+    """The task's part of report.md's definitions (Markdown), if any."""
 
     # ``output`` below is whatever the task's head returns: a tensor, or a dict of tensors
     # for heads with several outputs (detection's per-level logits and boxes).
@@ -113,6 +120,27 @@ class Task(ABC):
     def draw_overlay(self, picture: np.ndarray, value: np.ndarray) -> np.ndarray:
         """The (H, W, 3) uint8 ``picture`` with the predicted map drawn on it (default: as is)."""
         return picture
+
+    # Offline evaluation (``drivemtl evaluate``): class-level, no model is built.
+
+    @classmethod
+    def evaluate_files(cls, inputs: EvaluationInputs) -> TaskEvaluation | None:
+        """Score the task's fields of a predictions file against the manifest, with the
+        task's own metric; ``None`` when either side has nothing of the task."""
+        return None
+
+    @classmethod
+    def evaluation_lines(cls, matching: dict, lists: dict) -> list[str]:
+        """Lines about what was scored, for the terminal and report.md, from the task's
+        ``matching.json`` entry and the ``lists``."""
+        return []
+
+    @classmethod
+    def markdown(cls, section: dict) -> str:
+        """The task's section of report.md (default: the terminal's table, as code)."""
+        from drivemtl.reporting import format_report
+
+        return "```\n" + format_report({cls.name: section}) + "\n```"
 
     def scalars(self, report: dict) -> dict[str, float]:
         """Flat scalars to log from a report; undefined (``None``) values are left out."""

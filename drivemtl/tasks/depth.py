@@ -16,11 +16,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drivemtl.data.batch import Batch
-from drivemtl.data.io import save_depth_png
-from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, DepthMetric
+from drivemtl.data.io import DEPTH_PNG_SCALE, save_depth_png
+from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
+from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, METRICS, DepthMetric
 from drivemtl.models.fpn import FPNDecoder, conv_bn_relu
 from drivemtl.prediction.depth_preview import colorize_depth
+from drivemtl.reporting import markdown_cell
 from drivemtl.tasks.base import Task, register_task
+
+DEPTH_DEFINITIONS = """\
+## Depth definitions
+
+- Per image, over its valid pixels: ground truth strictly inside the cap (default
+  (0.001, 80) m; 0 = no measurement is never inside); predictions are clamped into the cap.
+  Each metric is computed per image, then averaged over images with at least one valid pixel.
+  With `p` the prediction and `g` the ground truth, in metres:
+- **abs_rel** mean(|p - g| / g); **sq_rel** mean((p - g)^2 / g); **rmse** sqrt(mean((p - g)^2));
+  **rmse_log** sqrt(mean((ln p - ln g)^2)); **delta1/2/3** fraction with
+  max(p / g, g / p) < 1.25, 1.25^2, 1.25^3.
+- `valid_pixels` and `images` count what was scored; metrics are `null` when no image has a
+  valid pixel.
+"""
 
 DEPTH_TOLERANCE = 1e-3
 """Largest relative depth difference an exported file may show against the eager model."""
@@ -164,6 +180,9 @@ class DepthTask(Task):
     monitor = "abs_rel"
     monitor_mode = "min"
     pixel_label = "depth"
+    report_title = "Depth"
+    report_rank = 2
+    definitions = DEPTH_DEFINITIONS
 
     def __init__(
         self,
@@ -234,6 +253,57 @@ class DepthTask(Task):
         return {"depth, max relative difference": (gap, DEPTH_TOLERANCE)}
 
     map_format = "PNG, metres x 256"
+
+    @classmethod
+    def evaluate_files(cls, inputs: EvaluationInputs) -> TaskEvaluation | None:
+        """Predicted depth PNGs against the manifest's depth maps (``evaluate_depth``)."""
+        from drivemtl.evaluation.depth import evaluate_depth
+
+        options = inputs.options
+        found = evaluate_depth(
+            inputs.predictions,
+            inputs.prediction_images,
+            inputs.records,
+            inputs.pairs,
+            options.get("min_depth", DEFAULT_MIN_DEPTH),
+            options.get("max_depth", DEFAULT_MAX_DEPTH),
+            options.get("depth_scale", DEPTH_PNG_SCALE),
+        )
+        if found is None:
+            return None
+        matching = {
+            "cap_metres": list(found.cap),
+            "images_with_ground_truth": found.ground_truth_images,
+            "images_without_predicted_depth": len(found.without_prediction),
+        }
+        lists = {"images_without_predicted_depth": found.without_prediction}
+        return TaskEvaluation(found.report, matching, lists)
+
+    @classmethod
+    def evaluation_lines(cls, matching: dict, lists: dict) -> list[str]:
+        from drivemtl.evaluation.report import shown_names
+
+        lo, hi = matching["cap_metres"]
+        lines = [
+            f"Depth: {matching['images_with_ground_truth']} matched image(s) have ground truth, "
+            f"scored within ({lo:g}, {hi:g}) m."
+        ]
+        count = matching["images_without_predicted_depth"]
+        if count:
+            names = shown_names(lists["images_without_predicted_depth"], count)
+            lines.append(
+                f"WARNING: {count} image(s) with depth ground truth have no predicted depth "
+                f"(not in the depth metrics): {names}"
+            )
+        return lines
+
+    @classmethod
+    def markdown(cls, section: dict) -> str:
+        """The depth metrics as a one-row Markdown table, with the counts."""
+        head = [*METRICS, "valid_pixels", "images"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+        lines.append("| " + " | ".join(markdown_cell(section.get(k)) for k in head) + " |")
+        return "\n".join(lines)
 
     def save_map(self, value: np.ndarray, path: str) -> None:
         save_depth_png(np.squeeze(np.asarray(value, dtype=np.float32)), path)

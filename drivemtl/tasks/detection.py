@@ -25,6 +25,7 @@ from torchvision.models.detection._utils import BoxLinearCoder
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from drivemtl.data.batch import Batch
+from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
 from drivemtl.metrics.detection import DEFAULT_SCORE_THRESHOLD, DetectionMetric, ImageBoxes
 from drivemtl.models.fcos import (
     GROUP_NORM_GROUPS,
@@ -34,7 +35,24 @@ from drivemtl.models.fcos import (
     make_locations,
     postprocess,
 )
+from drivemtl.reporting import DETECTION_COLUMNS, markdown_cell
 from drivemtl.tasks.base import Task, register_task
+
+DETECTION_DEFINITIONS = """\
+## Detection definitions
+
+- Only images whose manifest entry has `boxes` count (`boxes: null` is not annotated); on an
+  image where a class is `?`, its predicted and true boxes are left out (`images` counts the
+  images where the class is annotated). Ignore regions (crowds, DontCare) are COCO crowd
+  boxes: a detection covering one is neither right nor wrong.
+- **ap50**, **ap**: COCO average precision (101-point interpolated) at IoU 0.5 and averaged
+  over IoU 0.50:0.05:0.95, from every listed box (torchmetrics `MeanAveragePrecision`,
+  faster-coco-eval backend); **map50** and **map** average them over the classes with ground
+  truth. `null` for a class without ground truth.
+- **precision**, **recall**, **f1**: boxes scoring at least the score threshold (the producing
+  run's operating point, `run.json`), matched one to one at IoU >= 0.5, best score first.
+  Precision is `null` without such a box, recall and F1 without ground truth.
+"""
 
 BOX_TOLERANCE_PX = 0.5
 BOX_SCORE_SLACK = 1e-3
@@ -82,6 +100,72 @@ class DetectionTask(Task):
 
     name = "detection"
     monitor = "map50"
+    report_title = "Detection"
+    report_rank = 1
+    definitions = DETECTION_DEFINITIONS
+
+    @classmethod
+    def evaluate_files(cls, inputs: EvaluationInputs) -> TaskEvaluation | None:
+        """Predicted boxes against the manifest's (``evaluate_detection``), at the operating
+        point given, else the one ``run.json`` records, else the task default."""
+        from drivemtl.evaluation.detection import evaluate_detection
+
+        threshold = inputs.options.get("box_score_threshold")
+        stated = inputs.run_info.get("box_score_threshold")
+        if threshold is None and isinstance(stated, (int, float)) and not isinstance(stated, bool):
+            threshold = float(stated)
+        found = evaluate_detection(
+            inputs.predictions,
+            inputs.prediction_images,
+            inputs.records,
+            inputs.pairs,
+            inputs.classes,
+            inputs.record_classes,
+            inputs.named,
+            threshold,
+        )
+        if found is None:
+            return None
+        matching = {
+            "images_with_box_annotation": found.annotated_images,
+            "images_without_predicted_boxes": len(found.without_prediction),
+        }
+        lists = {"images_without_predicted_boxes": found.without_prediction}
+        return TaskEvaluation(found.report, matching, lists)
+
+    @classmethod
+    def evaluation_lines(cls, matching: dict, lists: dict) -> list[str]:
+        from drivemtl.evaluation.report import shown_names
+
+        lines = [
+            f"Detection: {matching['images_with_box_annotation']} matched image(s) are "
+            "annotated for boxes."
+        ]
+        count = matching["images_without_predicted_boxes"]
+        if count:
+            names = shown_names(lists["images_without_predicted_boxes"], count)
+            lines.append(
+                f"WARNING: {count} box-annotated image(s) have no predicted boxes "
+                f"(not in the detection metrics): {names}"
+            )
+        return lines
+
+    @classmethod
+    def markdown(cls, section: dict) -> str:
+        """The per-class detection table in Markdown, with mAP@0.5 and mAP below."""
+        cell = markdown_cell
+        head = ["class", *DETECTION_COLUMNS]
+        lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(DETECTION_COLUMNS) + "|"]
+        for name, metrics in section["per_class"].items():
+            cells = [cell(metrics.get(k)) for k in DETECTION_COLUMNS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        blanks = " |" * (len(DETECTION_COLUMNS) - 2)
+        lines.append(
+            f"| **mean** | **{cell(section.get('map50'))}** | **{cell(section.get('map'))}** |"
+            + blanks
+        )
+        threshold = cell(section.get("score_threshold"))
+        return "\n".join(lines) + f"\n\nScore threshold for precision and recall: {threshold}."
 
     def __init__(
         self,

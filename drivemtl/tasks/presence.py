@@ -10,7 +10,23 @@ from torch import Tensor, nn
 
 from drivemtl.data.batch import Batch
 from drivemtl.metrics.presence import DEFAULT_THRESHOLD, PresenceMetric
+from drivemtl.reporting import PRESENCE_COLUMNS, markdown_cell
 from drivemtl.tasks.base import Task, register_task
+
+PRESENCE_DEFINITIONS = """\
+## Presence definitions
+
+- Per class, only images where the class is labelled `1` or `0` count; `?` is excluded
+  (`unknown`). `labelled` = `1` + `0` entries, `positives` = `1` entries.
+- **AP**: average precision from the probabilities (area under the precision-recall step
+  curve, ties in score grouped, as torchmetrics computes it); `null` without a positive.
+- **F1, precision, recall**: from the decisions in `present` (the producing system's
+  thresholds). F1 and recall are `null` without a positive; precision is `null` when the
+  class is never decided present.
+- **threshold**: the decision threshold the producing run recorded (`run.json`) when the
+  decisions follow it; else the smallest probability among images decided present, when
+  every image at or above it is decided present; else `null`.
+"""
 
 PROBABILITY_TOLERANCE = 1e-4
 """Largest presence probability difference an exported file may show against the eager model."""
@@ -96,6 +112,23 @@ class PresenceTask(Task):
 
     name = "presence"
     monitor = "map"
+    report_title = "Presence per class"
+    report_rank = 0
+    definitions = PRESENCE_DEFINITIONS
+
+    @classmethod
+    def markdown(cls, section: dict) -> str:
+        """The per-class presence table in Markdown."""
+        cell = markdown_cell
+        head = ["class", *PRESENCE_COLUMNS]
+        lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(PRESENCE_COLUMNS) + "|"]
+        for name, metrics in section["per_class"].items():
+            cells = [cell(metrics.get(k)) for k in PRESENCE_COLUMNS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        blanks = " |" * (len(PRESENCE_COLUMNS) - 1)
+        lines.append(f"| **macro mAP** | **{cell(section.get('map'))}** |{blanks}")
+        return "\n".join(lines)
+
     splits_by_class = True
 
     def __init__(

@@ -24,6 +24,7 @@ from drivemtl.data.manifest import Record
 from drivemtl.data.pixel_labels import IGNORE_INDEX, read_class_png
 from drivemtl.data.synthetic import SEGMENTATION_CLASSES
 from drivemtl.errors import DriveMTLError
+from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
 from drivemtl.metrics.indexed import IndexedMetric, cat_state
 from drivemtl.models.fpn import FPNDecoder, conv_bn_relu
 from drivemtl.tasks.base import Task, register_task
@@ -190,6 +191,46 @@ class SegmentationTask(Task):
     monitor_mode = "max"
     pixel_label = "segmentation"
     map_format = "PNG, class indices"
+
+    @classmethod
+    def evaluate_files(cls, inputs: EvaluationInputs) -> TaskEvaluation | None:
+        """Predicted masks against the manifest's (:func:`evaluate_segmentation`), in the class
+        list ``run.json`` records (else the default one)."""
+        stated = inputs.run_info.get("segmentation_classes")
+        classes = stated if isinstance(stated, list) else list(SEGMENTATION_CLASSES)
+        found = evaluate_segmentation(
+            inputs.predictions, inputs.prediction_images, inputs.records, inputs.pairs, classes
+        )
+        if found is None:
+            return None
+        report, without = found
+        matching = {
+            "classes": classes,
+            "classes_from": "run.json" if isinstance(stated, list) else "default",
+            "images_with_mask": sum(
+                1 for _, r in inputs.pairs if inputs.records[r].map_path("segmentation")
+            ),
+            "images_without_predicted_mask": len(without),
+        }
+        return TaskEvaluation(report, matching, {"images_without_predicted_mask": without})
+
+    @classmethod
+    def evaluation_lines(cls, matching: dict, lists: dict) -> list[str]:
+        from drivemtl.evaluation.report import shown_names
+
+        source = "run.json" if matching["classes_from"] == "run.json" else "the default list"
+        lines = [
+            f"Segmentation: {matching['images_with_mask']} matched image(s) have a mask; "
+            f"classes from {source}."
+        ]
+        count = matching["images_without_predicted_mask"]
+        if count:
+            names = shown_names(lists["images_without_predicted_mask"], count)
+            lines.append(
+                f"WARNING: {count} image(s) with a true mask have no predicted mask "
+                f"(not in the segmentation metrics): {names}"
+            )
+        return lines
 
     def __init__(
         self,
