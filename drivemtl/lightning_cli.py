@@ -39,6 +39,30 @@ from drivemtl.prediction import (
 from drivemtl.reporting import format_report, write_metrics
 
 
+def task_options_help() -> str:
+    """Every registered task with its options and their defaults, for ``--help``."""
+    import inspect
+    import json
+
+    from drivemtl.tasks import TASKS
+
+    def shown(value) -> str:  # YAML's spelling (true, null, lists), as configs write it
+        try:
+            return json.dumps(value)
+        except TypeError:
+            return repr(value)
+
+    parts = []
+    for name, task in TASKS.items():
+        options = [
+            f"{p.name}: {shown(p.default)}" if p.default is not p.empty else p.name
+            for p in inspect.signature(task.__init__).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        parts.append(f"{name} {{{', '.join(options)}}}")
+    return "; ".join(parts)
+
+
 def task_pixel_labels(tasks: dict | None) -> list[str]:
     """The per-pixel label maps (``Task.pixel_label``) a ``model.tasks`` mapping trains on.
 
@@ -149,9 +173,12 @@ class DriveCLI(LightningCLI):
         # The class list and input size are configured once, in the data section.
         parser.link_arguments("data.classes", "model.classes")
         parser.link_arguments("data.image_size", "model.image_size")
-        # Depth maps are decoded only when a task trains on them, and the user never says so
+        # Label maps are decoded only when a task trains on them, and the user never says so
         # twice: the task list decides (also when it comes from a --ckpt_path).
         parser.link_arguments("model.tasks", "data.pixel_labels", compute_fn=task_pixel_labels)
+        for action in parser._actions:  # --help lists every registered task with its options
+            if action.dest == "model.tasks":
+                action.help = f"{action.help} Tasks and their options: {task_options_help()}."
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         # LightningCLI has no per-subcommand hook; the output options belong to predict only.

@@ -192,6 +192,21 @@ def test_top_level_help_lists_every_subcommand(capsys):
     assert main(["trian"]) == 2 and "unknown subcommand 'trian'" in capsys.readouterr().err
 
 
+def test_fit_help_lists_every_task_with_its_options(capsys):
+    import inspect
+
+    from drivemtl.tasks import TASKS
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the text
+    for name, task in TASKS.items():
+        options = [p for p in inspect.signature(task.__init__).parameters if p != "self"]
+        assert f"{name} {{{options[0]}: " in out, name
+        assert all(f"{option}: " in out for option in options), name
+    assert "segmentation {classes: null, width: 64, class_weights: null}" in out
+
+
 def test_an_unreadable_image_in_a_loader_worker_is_one_clean_message(tmp_path, capsys):
     train = tmp_path / "train.csv"
     write_image(tmp_path / "good.png")
