@@ -1,9 +1,9 @@
 """Throughput of the synthetic data generator on one CPU core, end to end.
 
-Measures ``generate_dataset`` (render + JPEG encode + depth and mask PNG encode + file writes + manifest)
-into a temporary folder, after a short warm-up that fills the per-size caches, and prints the
-machine it ran on. The process is pinned to one core where the OS allows it, so the figure is
-comparable across machines and not inflated by threaded libraries.
+Measures ``generate_dataset`` (render + JPEG encode + depth and mask PNG encode + file writes +
+manifest) into a temporary folder, after a short warm-up that fills the per-size caches, and
+prints the machine it ran on. The process is pinned to one core where the OS allows it, so the
+figure is comparable across machines and not inflated by threaded libraries.
 
 Usage:
     python benchmarks/synthetic_throughput.py [--num-images 500] [--width 640] [--height 384]

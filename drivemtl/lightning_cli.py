@@ -63,16 +63,25 @@ def task_options_help() -> str:
     return "; ".join(parts)
 
 
-def task_pixel_labels(tasks: dict | None) -> list[str]:
-    """The per-pixel label maps (``Task.pixel_label``) a ``model.tasks`` mapping trains on.
+def task_pixel_labels(tasks: dict | None) -> dict[str, dict]:
+    """The per-pixel label maps (``Task.pixel_label``) a ``model.tasks`` mapping trains on,
+    each with its task's reader options (``Task.pixel_label_options``).
 
-    ``None`` is the module's default (presence only). An unknown name is left for the model
-    to report.
+    ``None`` is the module's default (presence only). An unknown name or bad options are left
+    for the model to report.
     """
     from drivemtl.tasks import TASKS
 
-    labels = (getattr(TASKS.get(name), "pixel_label", None) for name in tasks or {})
-    return [label for label in labels if label]
+    labels = {}
+    for name, options in (tasks or {}).items():
+        task = TASKS.get(name)
+        if task is None or not task.pixel_label:
+            continue
+        try:
+            labels[task.pixel_label] = task(**(options or {})).pixel_label_options()
+        except (TypeError, ValueError):
+            labels[task.pixel_label] = {}
+    return labels
 
 
 def warn_model_options_ignored(subcommand: str, section, argv) -> None:

@@ -265,3 +265,52 @@ def test_two_processes_gather_and_count_each_image_once(tmp_path):
     assert expected["labelled_pixels"] == 8
     for rank in (0, 1):
         assert json.loads((tmp_path / f"{rank}.json").read_text()) == expected
+
+
+def test_a_mask_index_beyond_the_task_classes_or_a_jpeg_mask_names_the_line(tmp_path):
+    _write_scene(tmp_path)
+    records = read_manifest(tmp_path / "m.jsonl", ["car"])
+    transform = build_transform((32, 48), False)
+    three = ManifestDataset(records, transform, pixel_labels={"segmentation": {"num_classes": 3}})
+    with pytest.raises(DriveMTLError, match=r"m\.jsonl:1: .*a_mask\.png: holds class index 7"):
+        three[0]  # checked at the full size, before a resize could drop the pixel
+    Image.open(tmp_path / "a_mask.png").save(tmp_path / "a_mask.jpg")
+    (tmp_path / "m.jsonl").write_text('{"image": "a.png", "segmentation": "a_mask.jpg"}\n')
+    records = read_manifest(tmp_path / "m.jsonl", ["car"])
+    jpeg = ManifestDataset(records, transform, pixel_labels=["segmentation"])
+    with pytest.raises(DriveMTLError, match="a JPEG image"):
+        jpeg[0]
+
+
+def test_evaluate_refuses_indices_outside_the_classes_on_either_side(tmp_path):
+    from drivemtl.tasks.segmentation import evaluate_segmentation
+
+    truth = np.zeros((4, 6), np.uint8)
+    Image.fromarray(truth).save(tmp_path / "t.png")
+    bad_truth = truth.copy()
+    bad_truth[0, 0] = 9
+    Image.fromarray(bad_truth).save(tmp_path / "t9.png")
+    (tmp_path / "a.png").write_bytes(b"")
+    for name, value in (("p.png", 0), ("p12.png", 12), ("p255.png", 255)):
+        Image.fromarray(np.full((4, 6), value, np.uint8)).save(tmp_path / name)
+
+    def run(prediction: str, manifest_mask: str):
+        (tmp_path / "pred.jsonl").write_text(
+            json.dumps({"image": "a.png", "segmentation": prediction}) + "\n"
+        )
+        (tmp_path / "m.jsonl").write_text(
+            json.dumps({"image": "a.png", "segmentation": manifest_mask}) + "\n"
+        )
+        records = read_manifest(tmp_path / "m.jsonl", ["car"], check_files=False)
+        return evaluate_segmentation(tmp_path / "pred.jsonl", ["a.png"], records, [(0, 0)], CLASSES)
+
+    report, missing = run("p.png", "t.png")
+    assert report["miou"] == 1.0 and report["labelled_pixels"] == 24 and missing == []
+    with pytest.raises(
+        DriveMTLError, match=r"m\.jsonl:1: ground truth .*t9\.png: holds class index 9"
+    ):
+        run("p.png", "t9.png")
+    with pytest.raises(DriveMTLError, match=r"prediction .*p12\.png: holds class index 12"):
+        run("p12.png", "t.png")
+    with pytest.raises(DriveMTLError, match=r"prediction .*p255\.png: holds 255"):
+        run("p255.png", "t.png")

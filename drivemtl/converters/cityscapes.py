@@ -93,7 +93,7 @@ def map_label_ids(ids: np.ndarray) -> np.ndarray:
     table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for label_id, index in SEGMENTATION_MAPPING.items():
         table[label_id] = index
-    return table[ids.astype(np.uint8)]
+    return table[ids.astype(np.int64)]
 
 
 def disparity_to_depth(stored: np.ndarray, baseline: float, fx: float) -> np.ndarray:
@@ -227,9 +227,15 @@ def _polygon_box(polygon: object) -> tuple[float, float, float, float] | None:
 
 def _write_mask(ids_path: Path, folder: Path, prefix: str) -> Path:
     with Image.open(ids_path) as im:
+        mode = im.mode
         ids = np.asarray(im)
     if ids.ndim != 2:
-        raise ValueError(f"{ids_path} is not a single-channel label id PNG")
+        raise ValueError(
+            f"{ids_path} has mode {mode}, not a single-channel label id PNG (the "
+            "*_gtFine_color.png files are the coloured pictures, not the ids)"
+        )
+    if ids.size and (int(ids.max()) > 255 or int(ids.min()) < 0):
+        raise ValueError(f"{ids_path} holds ids outside 0-255 (up to {int(ids.max())})")
     out = folder / f"{prefix}_segmentation.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(map_label_ids(ids)).save(out)

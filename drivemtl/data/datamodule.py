@@ -87,9 +87,10 @@ class DriveDataModule(L.LightningDataModule):
         synthetic: The synthetic set's settings (used only without manifests).
         cache_dir: Where the synthetic set is generated; default ``$DRIVEMTL_CACHE`` or
             ``~/.cache/drivemtl``.
-        pixel_labels: Keys of the per-pixel label maps to decode (depth, segmentation). The
-            CLI sets it from ``model.tasks`` (each task's ``pixel_label``), so it is not a
-            command-line option there.
+        pixel_labels: The per-pixel label maps to decode (depth, segmentation), each with the
+            task's reader options (the number of segmentation classes). The CLI sets it from
+            ``model.tasks`` (each task's ``pixel_label``), so it is not a command-line option
+            there.
         depth_scale: Units per metre in 16-bit depth PNGs (256: the KITTI convention of the
             manifest format); ``.npy`` depth maps are read as metres.
         depth_zoom_correction: Divide training depth by the zoom of the scale-crop
@@ -114,7 +115,7 @@ class DriveDataModule(L.LightningDataModule):
         augment: bool = True,
         synthetic: SyntheticSplits | None = None,
         cache_dir: str | None = None,
-        pixel_labels: list[str] = [],
+        pixel_labels: list[str] | dict[str, dict] = [],
         depth_scale: float = DEPTH_PNG_SCALE,
         depth_zoom_correction: bool = False,
         inspect: bool = False,

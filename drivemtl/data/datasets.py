@@ -29,7 +29,7 @@ def _as_tensor_image(image: np.ndarray) -> torch.Tensor:
 
 def read_record(
     record: Record,
-    labels: Sequence[str] = (),
+    labels: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
     options: Mapping[str, Any] | None = None,
     at_least: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[int, int]]:
@@ -37,7 +37,8 @@ def read_record(
 
     Args:
         record: The manifest entry.
-        labels: Keys of the per-pixel label maps to decode (:data:`PIXEL_LABELS`).
+        labels: Keys of the per-pixel label maps to decode (:data:`PIXEL_LABELS`), or a
+            mapping from key to the task's reader options (``num_classes``).
         options: Options of the maps' readers (``depth_scale``: units per metre of 16-bit
             depth PNGs).
         at_least: Decode a JPEG at a reduced scale still this (height, width) large (see
@@ -51,7 +52,8 @@ def read_record(
         DriveMTLError: Naming the manifest line when a file cannot be decoded or a map is not
             the image's size.
     """
-    wanted = [(key, path) for key in labels if (path := record.map_path(key))]
+    own = labels if isinstance(labels, Mapping) else dict.fromkeys(labels, {})
+    wanted = [(key, path) for key in own if (path := record.map_path(key))]
     try:
         image, full = load_rgb_reduced(record.image, None if wanted else at_least)
     except Exception as e:  # any decoder failure (OSError, a PNG's SyntaxError) is a bad file
@@ -61,7 +63,7 @@ def read_record(
     maps = {}
     for key, path in wanted:
         try:
-            value = PIXEL_LABELS[key].read(path, options or {})
+            value = PIXEL_LABELS[key].read(path, {**(options or {}), **(own[key] or {})})
         except (OSError, ValueError) as e:
             raise DriveMTLError(f"{record.source}: cannot read {key} map {path}: {e}") from None
         if value.shape != (height, width):
@@ -81,7 +83,8 @@ class ManifestDataset(Dataset):
         transform: An albumentations pipeline with box parameters (see ``build_transform``).
         load_boxes: Keep box targets (needed by detection; cheap, so on by default).
         pixel_labels: Keys of the per-pixel label maps to decode (those of the trained
-            tasks: ``Task.pixel_label``).
+            tasks: ``Task.pixel_label``), or a mapping from key to the task's reader options
+            (``Task.pixel_label_options``).
         depth_scale: Units per metre of 16-bit depth PNGs (256: KITTI); ``.npy`` is metres.
         decode_at_least: Decode JPEGs at a reduced scale that still has this (height, width)
             (:func:`~drivemtl.data.transforms.decode_size`); ``None``: full size. Not with
@@ -97,7 +100,7 @@ class ManifestDataset(Dataset):
         records: Sequence[Record],
         transform: A.Compose | Resize,
         load_boxes: bool = True,
-        pixel_labels: Sequence[str] = (),
+        pixel_labels: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
         depth_scale: float = DEPTH_PNG_SCALE,
         depth_zoom_correction: bool = False,
         decode_at_least: tuple[int, int] | None = None,
@@ -109,7 +112,11 @@ class ManifestDataset(Dataset):
         unknown = [key for key in pixel_labels if key not in PIXEL_LABELS]
         if unknown:
             raise DriveMTLError(f"Unknown pixel label(s) {unknown}; known: {sorted(PIXEL_LABELS)}")
-        self.pixel_labels = tuple(pixel_labels)
+        self.pixel_labels = (
+            dict(pixel_labels)
+            if isinstance(pixel_labels, Mapping)
+            else dict.fromkeys(pixel_labels, {})
+        )
         self.depth_scale = depth_scale
         self.depth_zoom_correction = depth_zoom_correction
         if depth_zoom_correction:

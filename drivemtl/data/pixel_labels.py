@@ -32,7 +32,7 @@ class PixelLabel:
         key: The manifest key, and the key of the map in ``Sample.maps`` / ``Batch.maps``.
         read: ``(path, options) -> (H, W) array``; raises ``OSError`` / ``ValueError`` with a
             reason for a file that is not such a map. ``options`` are the data options
-            (``depth_scale``).
+            (``depth_scale``) and the task's (``Task.pixel_label_options``: ``num_classes``).
         fill: The value of pixels without a label (and of the whole map of an image that has
             none).
         dtype: NumPy dtype of the map in samples (``float32`` metres, ``int64`` classes).
@@ -61,19 +61,35 @@ def register_pixel_label(label: PixelLabel) -> PixelLabel:
 def read_class_png(path: str | Path, options: Mapping[str, Any] | None = None) -> np.ndarray:
     """Read a segmentation mask: a single-channel 8-bit PNG of class indices, 255 = unlabelled.
 
+    Args:
+        path: The mask.
+        options: ``num_classes``: refuse an index that is neither a class nor 255.
+
     Raises:
         OSError: When the file cannot be read.
-        ValueError: When it is not a single-channel 8-bit image (the message says what it is).
+        ValueError: When it is not a single-channel 8-bit PNG, or holds an index beyond the
+            classes (the message says what it is).
     """
     with open_image(path) as im:
-        if im.mode not in ("L", "P"):
+        if im.format != "PNG" or im.mode not in ("L", "P"):
+            what = f"a {im.format or 'unknown'} image of Pillow mode {im.mode!r}"
             raise ValueError(
                 "a segmentation mask must be a single-channel 8-bit PNG of class indices "
-                f"(255 = not annotated), got Pillow mode {im.mode!r} "
-                f"({len(im.getbands())} channel(s))"
+                f"(255 = not annotated), got {what} ({len(im.getbands())} channel(s)); a "
+                "lossy format (JPEG) would invent indices at class borders"
             )
         # Mode "P" keeps its indices (a palette PNG shows colours but stores classes).
-        return np.asarray(im).copy()
+        mask = np.asarray(im).copy()
+    classes = (options or {}).get("num_classes")
+    if classes:
+        bad = mask[(mask >= classes) & (mask != IGNORE_INDEX)]
+        if bad.size:
+            raise ValueError(
+                f"holds class index {int(bad.max())}, but the task has {classes} classes "
+                f"(indices 0-{classes - 1}, 255 = not annotated): masks index into "
+                "model.tasks.segmentation.classes; give the class list they were made with"
+            )
+    return mask
 
 
 def _read_depth(path: str, options: Mapping[str, Any]) -> np.ndarray:

@@ -70,7 +70,8 @@ def add_predict_arguments(parser: Any) -> None:
         action=ActionYesNo,
         default=True,
         help="With a depth head: also write depth_preview/<image>.jpg, the depth map in "
-        "colour (fixed log scale, 1 m bright to 80 m dark); --no_depth_preview skips them.",
+        "colour (fixed log scale, 1 m bright to 80 m dark); with a segmentation head, "
+        "segmentation_preview/<image>.jpg; --no_depth_preview skips them.",
     )
     group.add_argument(
         "--csv", action=ActionYesNo, default=False, help="Also write predictions.csv at the end."

@@ -102,6 +102,10 @@ class Task(ABC):
         """
         return {}
 
+    def pixel_label_options(self) -> dict:
+        """Options for the reader of the task's label map (segmentation: ``num_classes``)."""
+        return {}
+
     def run_info(self) -> dict:
         """What ``run.json`` records of the task beside the predictions (its class list)."""
         return {}

@@ -78,6 +78,7 @@ def confusion(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     b, k = pred.shape[0], num_classes
     t = target.reshape(b, -1).long()
+    # Predictions are arg maxes (always classes); evaluate checks files before they get here.
     p = pred.reshape(b, -1).long().clamp(0, k - 1)
     valid = (t >= 0) & (t < k)
     cell = torch.where(valid, t * k + p, torch.full_like(t, k * k))  # k*k: a bin thrown away
@@ -238,6 +239,8 @@ class SegmentationTask(Task):
         width: int = 64,
         class_weights: list[float] | None = None,
     ):
+        if isinstance(classes, str) or not all(isinstance(c, str) for c in classes or ()):
+            raise ValueError(f"segmentation classes must be a list of names, got {classes!r}")
         classes = list(SEGMENTATION_CLASSES if classes is None else classes)
         if not classes or len(set(classes)) != len(classes) or len(classes) >= IGNORE_INDEX:
             raise ValueError(
@@ -341,6 +344,9 @@ class SegmentationTask(Task):
         fraction = differ / total if total else 0.0
         return {"segmentation, pixels of another class": (fraction, PIXEL_TOLERANCE)}
 
+    def pixel_label_options(self) -> dict:
+        return {"num_classes": len(self.classes)}
+
     def run_info(self) -> dict:
         return {"segmentation_classes": list(self.classes)}
 
@@ -388,6 +394,7 @@ def evaluate_segmentation(
     if not predicted:
         return None
     metric = SegmentationMetric(classes)
+    limit = {"num_classes": len(classes)}
     problems, missing = [], []
     for p, r in progress(with_truth, desc="scoring segmentation", unit=" img"):
         image = prediction_images[p]
@@ -396,10 +403,18 @@ def evaluate_segmentation(
             continue
         truth_path = records[r].map_path("segmentation")
         try:
-            pred = read_class_png(predicted[image])
-            truth = read_class_png(truth_path)
+            pred = read_class_png(predicted[image], limit)
+            if (pred == IGNORE_INDEX).any():
+                raise ValueError(
+                    "holds 255 (not annotated): a prediction gives every pixel a class"
+                )
         except (OSError, ValueError) as e:
-            problems.append(f"  {image}: {e}")
+            problems.append(f"  {image}: prediction {predicted[image]}: {e}")
+            continue
+        try:
+            truth = read_class_png(truth_path, limit)
+        except (OSError, ValueError) as e:
+            problems.append(f"  {records[r].source}: ground truth {truth_path}: {e}")
             continue
         if pred.shape != truth.shape:
             problems.append(

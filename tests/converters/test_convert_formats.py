@@ -560,3 +560,15 @@ def test_cityscapes_label_ids_become_segmentation_masks(cityscapes_root, tmp_pat
     np.testing.assert_array_equal(mask, expected)
     assert "segmentation masks: 1 of 2 image(s)" in conv.summary.table()
     assert any("without a *_gtFine_labelIds.png" in n for n in conv.summary.notes)
+
+
+def test_cityscapes_label_ids_beyond_255_are_refused(cityscapes_root, tmp_path):
+    ids = np.full((32, 64), 7, np.uint16)
+    ids[0, 0] = 263  # would wrap to 7 (road) in 8 bits
+    gt = cityscapes_root / "gtFine" / "val" / "aachen"
+    Image.fromarray(ids).save(gt / "aachen_000000_000019_gtFine_labelIds.png")
+    out = tmp_path / "out" / "val.jsonl"
+    conv = convert_cityscapes(cityscapes_root, "val", out=out, depth=False)
+    first = written(conv, out)["aachen_000000_000019_leftImg8bit.png"]
+    assert "segmentation" not in first
+    assert any("ids outside 0-255" in str(p) for p in conv.problems)
