@@ -46,12 +46,8 @@ def markdown_cell(value) -> str:
     return str(value)
 
 
-def presence_table(section: dict) -> str:
-    """The per-class presence table as fixed-width text (``-`` marks an undefined value)."""
-    rows = [("class", *PRESENCE_COLUMNS)]
-    for name, metrics in section["per_class"].items():
-        rows.append((name, *(_cell(metrics.get(k)) for k in PRESENCE_COLUMNS)))
-    rows.append(("macro mAP", _cell(section.get("map")), *[""] * (len(PRESENCE_COLUMNS) - 1)))
+def fixed_width(rows: list[tuple[str, ...]]) -> str:
+    """Rows as aligned text: the first column left, the others right, a rule under the head."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -61,6 +57,15 @@ def presence_table(section: dict) -> str:
     return "\n".join(lines)
 
 
+def presence_table(section: dict) -> str:
+    """The per-class presence table as fixed-width text (``-`` marks an undefined value)."""
+    rows = [("class", *PRESENCE_COLUMNS)]
+    for name, metrics in section["per_class"].items():
+        rows.append((name, *(_cell(metrics.get(k)) for k in PRESENCE_COLUMNS)))
+    rows.append(("macro mAP", _cell(section.get("map")), *[""] * (len(PRESENCE_COLUMNS) - 1)))
+    return fixed_width(rows)
+
+
 def detection_table(section: dict) -> str:
     """The per-class detection table as fixed-width text, with mAP@0.5 and mAP below."""
     rows = [("class", *DETECTION_COLUMNS)]
@@ -68,12 +73,7 @@ def detection_table(section: dict) -> str:
         rows.append((name, *(_cell(metrics.get(k)) for k in DETECTION_COLUMNS)))
     blanks = [""] * (len(DETECTION_COLUMNS) - 2)
     rows.append(("mean", _cell(section.get("map50")), _cell(section.get("map")), *blanks))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        for r in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = fixed_width(rows).split("\n")
     threshold = _cell(section.get("score_threshold"))
     return "\n".join(lines) + f"\n(precision, recall, f1 at score >= {threshold}, IoU 0.5)"
 
@@ -101,13 +101,7 @@ def per_class_table(per_class: dict) -> str:
     rows = [("class", *columns)]
     for name, metrics in per_class.items():
         rows.append((name, *(_cell(metrics.get(k)) for k in columns)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        for r in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return fixed_width(rows)
 
 
 def write_metrics(report: dict, path: str | Path) -> Path:
