@@ -283,6 +283,8 @@ def test_a_mask_index_beyond_the_task_classes_or_a_jpeg_mask_names_the_line(tmp_
 
 
 def test_evaluate_refuses_indices_outside_the_classes_on_either_side(tmp_path):
+    from drivemtl.evaluation.inputs import EvaluationInputs
+    from drivemtl.evaluation.predictions import read_predictions
     from drivemtl.tasks.segmentation import evaluate_segmentation
 
     truth = np.zeros((4, 6), np.uint8)
@@ -302,10 +304,13 @@ def test_evaluate_refuses_indices_outside_the_classes_on_either_side(tmp_path):
             json.dumps({"image": "a.png", "segmentation": manifest_mask}) + "\n"
         )
         records = read_manifest(tmp_path / "m.jsonl", ["car"], check_files=False)
-        return evaluate_segmentation(tmp_path / "pred.jsonl", ["a.png"], records, [(0, 0)], CLASSES)
+        predictions = read_predictions(tmp_path / "pred.jsonl")
+        inputs = EvaluationInputs(predictions, records, [(0, 0)], ["car"], ["car"], ["car"])
+        return evaluate_segmentation(inputs, "segmentation", CLASSES)
 
-    report, missing = run("p.png", "t.png")
-    assert report["miou"] == 1.0 and report["labelled_pixels"] == 24 and missing == []
+    report, scored = run("p.png", "t.png")
+    assert report["miou"] == 1.0 and report["labelled_pixels"] == 24
+    assert scored.with_truth == 1 and scored.without_prediction == []
     with pytest.raises(
         DriveMTLError, match=r"m\.jsonl:1: ground truth .*t9\.png: holds class index 9"
     ):

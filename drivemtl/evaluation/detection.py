@@ -11,17 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from drivemtl.console import progress
 from drivemtl.data.manifest import Record
 from drivemtl.errors import DriveMTLError
+from drivemtl.evaluation.predictions import Predictions
 from drivemtl.metrics.detection import DEFAULT_SCORE_THRESHOLD, ImageBoxes, detection_report
-from drivemtl.prediction.files import iter_jsonl
-
-MAX_REPORTED = 20
 
 
 @dataclass
@@ -53,47 +50,31 @@ def _box_problem(box: object, classes: Sequence[str]) -> str | None:
     return None
 
 
-def prediction_boxes(path: str | Path, classes: Sequence[str]) -> dict[str, list]:
-    """``image -> boxes`` from a predictions file, for lines that have a ``boxes`` list (the
-    first line of an image counts).
+def prediction_boxes(predictions: Predictions, classes: Sequence[str]) -> dict[str, list]:
+    """``image -> boxes`` of the rows that have a ``boxes`` list.
 
     Raises:
         DriveMTLError: For malformed boxes (up to 20 listed with their line).
     """
-    path = Path(path)
-    found: dict[str, list] = {}
-    seen: set[str] = set()
-    problems = []
-    for number, obj in iter_jsonl(path):
-        image, boxes = obj.get("image"), obj.get("boxes")
-        if not isinstance(image, str) or image in seen:
-            continue
-        seen.add(image)
-        if boxes is None:
-            continue
-        if not isinstance(boxes, list):
-            problems.append(f"  {path}:{number}: 'boxes' must be a list")
-            continue
-        bad = [p for p in (_box_problem(b, classes) for b in boxes) if p]
+
+    def read(row: dict) -> list | None:
+        boxes = row.get("boxes")
+        if boxes is not None and not isinstance(boxes, list):
+            raise ValueError("'boxes' must be a list")
+        bad = [p for p in (_box_problem(b, classes) for b in boxes or []) if p]
         if bad:
-            problems.append(f"  {path}:{number}: {bad[0]}")
-            continue
-        found[image] = boxes
-    if problems:
-        shown = problems[:MAX_REPORTED]
-        if len(problems) > MAX_REPORTED:
-            shown.append(f"  ... and {len(problems) - MAX_REPORTED} more")
-        raise DriveMTLError(
-            f"{len(problems)} line(s) with bad boxes in {path}:\n"
-            + "\n".join(shown)
-            + "\nEach box is [x1, y1, x2, y2, class, score] in original image pixels."
-        )
-    return found
+            raise ValueError(bad[0])
+        return boxes
+
+    found = predictions.collect(
+        read, "Each box is [x1, y1, x2, y2, class, score] in original image pixels."
+    )
+    predictions.check()
+    return {image: boxes for image, boxes in zip(predictions.images, found) if boxes is not None}
 
 
 def evaluate_detection(
-    predictions: str | Path,
-    prediction_images: Sequence[str],
+    predictions: Predictions,
     records: Sequence[Record],
     pairs: Sequence[tuple[int, int]],
     classes: Sequence[str],
@@ -104,8 +85,7 @@ def evaluate_detection(
     """Score predicted boxes against the manifest's, over matched box-annotated images.
 
     Args:
-        predictions: The ``predictions.jsonl``.
-        prediction_images: Image of each prediction row (index ``p`` of ``pairs``).
+        predictions: The parsed ``predictions.jsonl`` (row ``p`` of ``pairs``).
         records: Manifest entries (index ``r`` of ``pairs``), parsed with ``record_classes``.
         pairs: Matched ``(prediction index, manifest index)``.
         classes: Classes to evaluate.
@@ -129,7 +109,7 @@ def evaluate_detection(
     index = {name: i for i, name in enumerate(classes)}
     images, missing = [], []
     for p, r in progress(annotated, desc="matching boxes", unit=" img"):
-        image = prediction_images[p]
+        image = predictions.images[p]
         if image not in predicted:
             missing.append(image)
             continue

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from torch import Tensor
-
-from drivemtl.console import progress
 from drivemtl.data.io import DEPTH_PNG_SCALE
 from drivemtl.data.manifest import Record, read_manifest
 from drivemtl.errors import DriveMTLError
 from drivemtl.evaluation.inputs import EvaluationInputs
 from drivemtl.evaluation.matching import MatchResult, manifest_image, match_images
-from drivemtl.evaluation.metrics import decision_threshold, presence_metrics, stack_labels
-from drivemtl.evaluation.plots import plot_ap_f1, plot_pr_curve, safe_name
 from drivemtl.evaluation.predictions import Predictions, read_predictions
 from drivemtl.evaluation.report import write_report
 from drivemtl.jsonl import BadJSON, loads, read_lines
@@ -125,6 +120,8 @@ def evaluate(
         DriveMTLError: For unreadable inputs, unknown classes, or no image matched.
     """
     preds = read_predictions(predictions)
+    fields = {name: task.read_predictions(preds) for name, task in TASKS.items()}
+    preds.check()
     manifest_paths = [
         Path(m) for m in ([manifests] if isinstance(manifests, (str, Path)) else manifests)
     ]
@@ -133,11 +130,12 @@ def evaluate(
     named = []
     for path in manifest_paths:
         named.extend(c for c in manifest_classes(path) if c not in named)
-    # The model's classes: its presence output, else run.json's list, else the manifest's.
+    # The model's classes: what its predictions state, else run.json's list, else the manifest's.
     stated_classes = preds.run_info.get("classes")
     if not isinstance(stated_classes, list):
         stated_classes = []
-    predicted = preds.classes or [str(c) for c in stated_classes] or named
+    from_fields = next((c for n, t in TASKS.items() if (c := t.predicted_classes(fields[n]))), [])
+    predicted = from_fields or [str(c) for c in stated_classes] or named
     classes = list(classes or predicted)
     missing = [c for c in classes if c not in predicted]
     if missing:
@@ -157,42 +155,37 @@ def evaluate(
             "predicted) if the two name images from different folders."
         )
 
-    report = {}
-    if preds.classes:  # a model with a presence head
-        presence = _presence_inputs(preds, records, matched, classes, all_classes, named)
-        report["presence"] = presence_metrics(*presence, classes, _thresholds(preds, classes))
     matching = _matching_summary(
         preds, manifest_paths, images, matched, manifest_duplicates, named, classes, predicted, root
     )
-    # Every other task scores its own fields (boxes, depth maps, masks), when both sides
-    # have them, with its training metric.
+    # Each task scores its own fields (probabilities, boxes, depth maps, masks) when both
+    # sides have them, with its training metric.
+    options = {
+        "min_depth": min_depth,
+        "max_depth": max_depth,
+        "depth_scale": depth_scale,
+        "box_score_threshold": box_score_threshold,
+    }
     inputs = EvaluationInputs(
-        preds.path,
-        preds.images,
-        records,
-        matched.pairs,
-        classes,
-        all_classes,
-        named,
-        preds.run_info,
-        {
-            "min_depth": min_depth,
-            "max_depth": max_depth,
-            "depth_scale": depth_scale,
-            "box_score_threshold": box_score_threshold,
-        },
+        preds, records, matched.pairs, classes, all_classes, named, options=options
     )
+    report, plotters = {}, []
     for name, task in TASKS.items():
-        found = task.evaluate_files(inputs)
-        if found is not None:
-            report[name] = found.report
+        found = task.evaluate_files(replace(inputs, fields=fields[name]))
+        if found is None:
+            continue
+        report[name] = found.report
+        if found.matching:
             matching[name] = found.matching
-            matching["lists"].update(found.lists)
+        matching["lists"].update(found.lists)
+        if found.plot is not None:
+            plotters.append(found.plot)
     if not report:
         raise DriveMTLError(
-            f"Nothing to evaluate: {preds.path} has no 'presence', and no matched image has "
-            "both predicted and ground-truth boxes, depth or segmentation. Check that the "
-            "manifest is the one with the annotations these predictions are for."
+            f"Nothing to evaluate: no task ({', '.join(TASKS)}) found its predictions in "
+            f"{preds.path} and, where it needs them, labels in the manifest for the matched "
+            "images. Check that the manifest is the one with the annotations these predictions "
+            "are for."
         )
 
     out = Path(output_dir)
@@ -202,56 +195,10 @@ def evaluate(
     write_metrics(report, out / "metrics.json")
     write_json(out / "matching.json", matching)
     figures = {}  # caption -> PNG, in report order
-    if plots and "presence" in report:
-        scores, _, labels = presence
-        per_class = report["presence"]["per_class"]
-        figures["AP and F1 per class"] = plot_ap_f1(per_class, out / "ap_f1.png", classes)
-        for c, name in enumerate(progress(classes, desc="plotting", unit=" class")):
-            figures[f"precision-recall curve of {name}"] = plot_pr_curve(
-                scores[:, c],
-                labels[:, c],
-                per_class[name],
-                name,
-                out / "pr_curves" / f"{safe_name(name)}.png",
-            )
+    for plot in plotters if plots else []:
+        figures.update(plot(out))
     write_report(out / "report.md", report, matching, figures, out)
     return Evaluation(report=report, matching=matching, output_dir=out)
-
-
-def _presence_inputs(
-    preds: Predictions,
-    records: Sequence[Record],
-    matched: MatchResult,
-    classes: list[str],
-    all_classes: list[str],
-    named: list[str],
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(scores, decisions, labels) of the matched images, one column per evaluated class."""
-    p_index = [p for p, _ in matched.pairs]
-    columns = [preds.classes.index(c) for c in classes]
-    label_columns = [
-        all_classes.index(c) if c in named else None  # a class the manifest never names is ?
-        for c in classes
-    ]
-    labels = stack_labels([records[r].presence for _, r in matched.pairs], label_columns)
-    return preds.scores[p_index][:, columns], preds.present[p_index][:, columns], labels
-
-
-def _thresholds(preds: Predictions, classes: list[str]) -> dict[str, float | None]:
-    """Each class's decision threshold: stated in run.json, else inferred from the decisions."""
-    stated = preds.run_info.get("thresholds")
-    stated = stated if isinstance(stated, dict) else {}
-    thresholds = {}
-    for c in classes:
-        value = stated.get(c)
-        column = preds.classes.index(c)
-        # Over every line of the file: the threshold describes the producing system.
-        thresholds[c] = decision_threshold(
-            preds.scores[:, column],
-            preds.present[:, column],
-            float(value) if isinstance(value, (int, float)) else None,
-        )
-    return thresholds
 
 
 def _matching_summary(

@@ -99,3 +99,25 @@ def ap_f1_figure(per_class: dict, classes: Sequence[str] | None = None) -> Figur
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def plot_presence(
+    scores: Tensor, labels: Tensor, per_class: dict, classes: Sequence[str], out: Path
+) -> dict[str, Path]:
+    """The AP / F1 bars and a precision-recall curve per class into ``out``.
+
+    Returns:
+        ``{caption: PNG}`` in report order.
+    """
+    from drivemtl.console import progress
+
+    figures = {"AP and F1 per class": plot_ap_f1(per_class, out / "ap_f1.png", classes)}
+    for c, name in enumerate(progress(classes, desc="plotting", unit=" class")):
+        figures[f"precision-recall curve of {name}"] = plot_pr_curve(
+            scores[:, c],
+            labels[:, c],
+            per_class[name],
+            name,
+            out / "pr_curves" / f"{safe_name(name)}.png",
+        )
+    return figures

@@ -1,19 +1,23 @@
-"""Read a ``predictions.jsonl`` in the contract format, whatever system wrote it."""
+"""Read a ``predictions.jsonl`` in the contract format, whatever system wrote it.
+
+The file is parsed once, here; each task reads and checks its own fields from the rows
+(:meth:`Predictions.collect`, :meth:`Predictions.map_paths`).
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-import torch
-from torch import Tensor
-
-from drivemtl.errors import DriveMTLError
+from drivemtl.errors import DriveMTLError, problem_list
 from drivemtl.jsonl import load_file
 from drivemtl.prediction.files import ERRORS, RUN_INFO, iter_jsonl
 
-MAX_REPORTED = 20
+T = TypeVar("T")
+
+LINE_FORMAT = 'Each line is a JSON object with "image": <path> and the fields of each task.'
 
 
 @dataclass
@@ -22,123 +26,108 @@ class Predictions:
 
     Attributes:
         path: The file.
-        classes: Class names, in the order of the first line's ``presence`` object; empty
-            when the file has no ``presence`` (a detection- or depth-only model).
         images: Image paths as written (relative to the predicted folder).
-        scores: (N, C) probabilities.
-        present: (N, C) the producing system's decisions (``present`` lists).
+        rows: The first line of each image, as parsed (every task's fields).
+        lines: The line number of each row, for messages.
         duplicates: Images that appeared again after their first line (the first one counts).
         run_info: ``run.json`` beside the file (drivemtl predict), or ``{}``.
         errors: Images listed in ``errors.jsonl`` beside the file (unreadable at predict time).
+        problems: ``(line number, message)`` of each bad line found so far.
+        advice: What good lines look like, for the tasks whose fields had problems.
     """
 
     path: Path
-    classes: list[str]
     images: list[str]
-    scores: Tensor
-    present: Tensor
+    rows: list[dict]
+    lines: list[int]
     duplicates: list[str] = field(default_factory=list)
     run_info: dict = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    problems: list[tuple[int, str]] = field(default_factory=list)
+    advice: list[str] = field(default_factory=lambda: [LINE_FORMAT])
 
+    def collect(self, read: Callable[[dict], T | None], advice: str) -> list[T | None]:
+        """One task's fields of every row: ``read(row)``, ``None`` where a row has none.
 
-def _probability(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
+        A row ``read`` refuses (``ValueError`` saying what is wrong) gives ``None`` and is kept
+        for :meth:`check`, which reports every bad line of the file at once.
+
+        Args:
+            read: Parses a row's fields.
+            advice: What a good line of the task looks like, shown after bad lines.
+        """
+        values = []
+        for number, row in zip(self.lines, self.rows):
+            try:
+                values.append(read(row))
+            except ValueError as e:
+                values.append(None)
+                self.problems.append((number, f"  {self.path}:{number}: {e}"))
+                if advice not in self.advice:
+                    self.advice.append(advice)
+        return values
+
+    def check(self) -> None:
+        """Raise for the bad lines found so far (JSON, ``image``, the tasks' fields).
+
+        Raises:
+            DriveMTLError: Every bad line (up to 20 listed) in line order, with what a good
+                one looks like.
+        """
+        if self.problems:
+            listed = [text for _, text in sorted(self.problems, key=lambda p: p[0])]
+            header = f"{len(listed)} bad line(s) in {self.path}"
+            raise problem_list(header, listed, "\n".join(self.advice))
+
+    def map_paths(self, key: str) -> dict[str, str]:
+        """``image -> path`` of the rows' ``key`` maps (a task's PNGs), resolved against the
+        file's folder; rows without one are left out."""
+        return {
+            image: str(self.path.parent / row[key])
+            for image, row in zip(self.images, self.rows)
+            if isinstance(row.get(key), str) and row[key]
+        }
 
 
 def read_predictions(path: str | Path) -> Predictions:
-    """Parse and check a predictions file; every problem is reported with its line.
-
-    Each line needs ``image`` (a path), and, when the model has a presence head, ``presence``
-    (``{class: probability in [0, 1]}``, the same classes on every line) and ``present`` (a
-    list of those classes). Line 1 decides whether the file has presence; the other lines must
-    agree. Other keys (``boxes``, ``depth``) are allowed and checked by their evaluators.
+    """Parse a predictions file: each line needs ``image`` (a path); the tasks' fields are
+    kept for the tasks to read (:meth:`Predictions.collect`). Bad lines are kept in
+    ``problems``; :meth:`Predictions.check` raises for them once the tasks have read theirs.
 
     Raises:
-        DriveMTLError: For a missing or empty file, or bad lines (up to 20 listed).
+        DriveMTLError: For a missing or empty file.
     """
     path = Path(path)
     if not path.is_file():
         raise DriveMTLError(f"Predictions file not found: {path}")
-    classes: list[str] | None = None
-    with_presence: bool | None = None  # set by line 1
-    images, scores, present, duplicates, problems = [], [], [], [], []
+    images, rows, lines, duplicates, malformed, problems = [], [], [], [], [], []
     seen: set[str] = set()
-    for number, obj in iter_jsonl(path, problems):
-        image, probs, chosen = obj.get("image"), obj.get("presence"), obj.get("present")
-        try:
-            if not isinstance(image, str) or not image:
-                raise ValueError("'image' must be a non-empty path string")
-            if with_presence is None:
-                with_presence = "presence" in obj
-            if with_presence != ("presence" in obj):
-                has = "has" if with_presence else "has no"
-                raise ValueError(f"'presence' is missing or extra: line 1 {has} 'presence'")
-            if with_presence:
-                row, chosen = _presence_row(probs, chosen, classes)
-                classes = classes or [str(c) for c in probs]
-            else:
-                row, chosen = [], []
-        except ValueError as e:
-            problems.append(f"  {path}:{number}: {e}")
+    for number, obj in iter_jsonl(path, malformed):
+        image = obj.get("image")
+        if not isinstance(image, str) or not image:
+            problems.append((number, f"  {path}:{number}: 'image' must be a non-empty path string"))
             continue
         if image in seen:
             duplicates.append(image)
             continue
         seen.add(image)
         images.append(image)
-        scores.append(row)
-        present.append([c in chosen for c in classes or []])
-    if problems:
-        shown = problems[:MAX_REPORTED]
-        if len(problems) > MAX_REPORTED:
-            shown.append(f"  ... and {len(problems) - MAX_REPORTED} more")
-        raise DriveMTLError(
-            f"{len(problems)} bad line(s) in {path}:\n" + "\n".join(shown) + "\nEach line "
-            'needs {"image": ...} and, from a model with a presence head, '
-            '"presence": {class: probability}, "present": [classes].'
-        )
-    if not images:
+        rows.append(obj)
+        lines.append(number)
+    prefix = f"  {path}:"  # iter_jsonl's problems read "  path:line: what"
+    problems += [(int(t[len(prefix) :].split(":", 1)[0]), t) for t in malformed]
+    if not images and not problems:
         raise DriveMTLError(f"{path} holds no prediction.")
-    classes = classes or []
     return Predictions(
         path=path,
-        classes=classes,
         images=images,
-        scores=torch.tensor(scores, dtype=torch.float32).reshape(len(images), len(classes)),
-        present=torch.tensor(present, dtype=torch.bool).reshape(len(images), len(classes)),
+        rows=rows,
+        lines=lines,
         duplicates=duplicates,
         run_info=_read_run_info(path.parent / RUN_INFO),
         errors=_read_error_images(path.parent / ERRORS),
+        problems=problems,
     )
-
-
-def _presence_row(
-    probs: object, chosen: object, classes: list[str] | None
-) -> tuple[list[float], list[str]]:
-    """One line's probabilities (in ``classes`` order, else its own) and decisions.
-
-    Raises:
-        ValueError: What is wrong with the line.
-    """
-    if not isinstance(probs, dict) or not probs:
-        raise ValueError("'presence' must be an object {class: probability}")
-    names = classes or [str(c) for c in probs]
-    if set(probs) != set(names):
-        raise ValueError(f"'presence' has classes {sorted(probs)}, line 1 has {names}")
-    row = [_probability(probs[c]) for c in names]
-    bad = [c for c, p in zip(names, row) if p is None]
-    if bad:
-        raise ValueError(f"'presence' of {bad} is not a probability in [0, 1]")
-    if not isinstance(chosen, list) or not all(isinstance(c, str) for c in chosen):
-        raise ValueError("'present' must be a list of class names")
-    unknown = sorted(set(chosen) - set(names))
-    if unknown:
-        raise ValueError(f"'present' names {unknown}, not in 'presence'")
-    return row, chosen
 
 
 def _read_run_info(path: Path) -> dict:
@@ -158,19 +147,3 @@ def _read_error_images(path: Path) -> list[str]:
         return [o["image"] for _, o in iter_jsonl(path) if isinstance(o.get("image"), str)]
     except DriveMTLError:
         return []  # errors.jsonl is informative only; a damaged one must not stop evaluation
-
-
-def prediction_map_paths(path: str | Path, key: str) -> dict[str, str]:
-    """``image -> map path`` from a predictions file for the lines with a ``key`` map path
-    (depth, segmentation; the first line of an image counts), resolved against its folder."""
-    path = Path(path)
-    found: dict[str, str] = {}
-    seen: set[str] = set()
-    for _, obj in iter_jsonl(path):
-        image, value = obj.get("image"), obj.get(key)
-        if not isinstance(image, str) or image in seen:
-            continue
-        seen.add(image)
-        if isinstance(value, str) and value:
-            found[image] = str(path.parent / value)
-    return found

@@ -10,9 +10,15 @@ from importlib.metadata import entry_points
 
 from drivemtl.errors import DriveMTLError
 from drivemtl.tasks.base import TASKS, Task, register_task
+
+# isort: split
+# Presence registers first: the registry's order is the order of the tasks' sections in
+# ``evaluate``'s metrics.json, the class-level task before the others.
+from drivemtl.tasks.presence import PresenceTask, masked_bce
+
+# isort: split
 from drivemtl.tasks.depth import DepthTask
 from drivemtl.tasks.detection import DetectionTask
-from drivemtl.tasks.presence import PresenceTask, masked_bce
 from drivemtl.tasks.segmentation import SegmentationTask
 
 ENTRY_POINT_GROUP = "drivemtl.tasks"

@@ -16,6 +16,7 @@ from torchmetrics import Metric
 
 from drivemtl.data.batch import Batch
 from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
+from drivemtl.evaluation.predictions import Predictions
 
 
 class Task(ABC):
@@ -126,6 +127,20 @@ class Task(ABC):
         return picture
 
     # Offline evaluation (``drivemtl evaluate``): class-level, no model is built.
+
+    @classmethod
+    def read_predictions(cls, predictions: Predictions) -> Any:
+        """Read and check the task's fields of every row of a predictions file, before any
+        matching (``None`` when the file has none); ``evaluate_files`` gets it as
+        ``inputs.fields``. Tasks that check their fields against the manifest's classes do so
+        in ``evaluate_files`` instead."""
+        return None
+
+    @classmethod
+    def predicted_classes(cls, fields: Any) -> list[str]:
+        """The class list the task's predicted fields state (presence: its probabilities'
+        keys), which ``evaluate`` takes when ``run.json`` has none."""
+        return []
 
     @classmethod
     def evaluate_files(cls, inputs: EvaluationInputs) -> TaskEvaluation | None:

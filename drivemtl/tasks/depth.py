@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -16,8 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drivemtl.data.batch import Batch
-from drivemtl.data.io import DEPTH_PNG_SCALE, save_depth_png
+from drivemtl.data.io import DEPTH_PNG_SCALE, load_depth, save_depth_png
+from drivemtl.errors import DriveMTLError
 from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
+from drivemtl.evaluation.maps import score_maps
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, METRICS, DepthMetric
 from drivemtl.models.fpn import FPNDecoder, conv_bn_relu
 from drivemtl.prediction.depth_preview import colorize_depth
@@ -256,28 +259,49 @@ class DepthTask(Task):
 
     @classmethod
     def evaluate_files(cls, inputs: EvaluationInputs) -> TaskEvaluation | None:
-        """Predicted depth PNGs against the manifest's depth maps (``evaluate_depth``)."""
-        from drivemtl.evaluation.depth import evaluate_depth
+        """Predicted depth PNGs against the manifest's depth maps at the original resolution,
+        with the metric of training, inside the cap given (``min_depth``, ``max_depth``); the
+        manifest's 16-bit PNGs in ``depth_scale`` units per metre (predictions: metres x 256).
 
+        Raises:
+            DriveMTLError: For a bad cap or scale, unreadable maps, or a prediction whose
+                size differs from its ground truth.
+        """
         options = inputs.options
-        found = evaluate_depth(
-            inputs.predictions,
-            inputs.prediction_images,
-            inputs.records,
-            inputs.pairs,
-            options.get("min_depth", DEFAULT_MIN_DEPTH),
-            options.get("max_depth", DEFAULT_MAX_DEPTH),
-            options.get("depth_scale", DEPTH_PNG_SCALE),
+        low = options.get("min_depth", DEFAULT_MIN_DEPTH)
+        high = options.get("max_depth", DEFAULT_MAX_DEPTH)
+        scale = options.get("depth_scale", DEPTH_PNG_SCALE)
+        if not 0.0 <= low < high:
+            raise DriveMTLError(
+                f"The depth cap needs 0 <= --min_depth < --max_depth, got {low:g}, {high:g}."
+            )
+        if not scale > 0:
+            raise DriveMTLError(f"--depth_scale must be > 0 (units per metre), got {scale:g}.")
+        metric = DepthMetric(low, high)
+
+        def update(pred: np.ndarray, truth: np.ndarray, index: int) -> None:
+            as_batch = [torch.from_numpy(pred)[None, None], torch.from_numpy(truth)[None, None]]
+            metric.update(*as_batch, torch.tensor([index]))
+
+        scored = score_maps(
+            inputs,
+            cls.pixel_label,
+            load_depth,
+            partial(load_depth, scale=scale),
+            update,
+            "depth map(s)",
+            "Each pair needs two readable single-channel maps (uint16 PNG or .npy) of the same "
+            "size: predictions at the original image size, like the ground truth.",
         )
-        if found is None:
+        if scored is None:
             return None
         matching = {
-            "cap_metres": list(found.cap),
-            "images_with_ground_truth": found.ground_truth_images,
-            "images_without_predicted_depth": len(found.without_prediction),
+            "cap_metres": [float(low), float(high)],
+            "images_with_ground_truth": scored.with_truth,
+            "images_without_predicted_depth": len(scored.without_prediction),
         }
-        lists = {"images_without_predicted_depth": found.without_prediction}
-        return TaskEvaluation(found.report, matching, lists)
+        lists = {"images_without_predicted_depth": scored.without_prediction}
+        return TaskEvaluation(metric.report(), matching, lists)
 
     @classmethod
     def evaluation_lines(cls, matching: dict, lists: dict) -> list[str]:

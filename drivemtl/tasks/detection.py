@@ -111,12 +111,11 @@ class DetectionTask(Task):
         from drivemtl.evaluation.detection import evaluate_detection
 
         threshold = inputs.options.get("box_score_threshold")
-        stated = inputs.run_info.get("box_score_threshold")
+        stated = inputs.predictions.run_info.get("box_score_threshold")
         if threshold is None and isinstance(stated, (int, float)) and not isinstance(stated, bool):
             threshold = float(stated)
         found = evaluate_detection(
             inputs.predictions,
-            inputs.prediction_images,
             inputs.records,
             inputs.pairs,
             inputs.classes,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drivemtl.data.batch import Batch
+from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
+from drivemtl.evaluation.predictions import Predictions
 from drivemtl.metrics.presence import DEFAULT_THRESHOLD, PresenceMetric
 from drivemtl.reporting import PRESENCE_COLUMNS, markdown_cell
 from drivemtl.tasks.base import Task, register_task
@@ -72,6 +77,117 @@ def masked_bce_per_class(
     return [(sums[c] / max(n, 1), int(n)) for c, n in enumerate(counts)]
 
 
+@dataclass
+class PresencePredictions:
+    """The presence fields of a predictions file, one row per image.
+
+    Attributes:
+        classes: Class names, in the order of the first line's ``presence`` object.
+        scores: (N, C) probabilities.
+        present: (N, C) the producing system's decisions (``present`` lists).
+    """
+
+    classes: list[str]
+    scores: Tensor
+    present: Tensor
+
+
+def _probability(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
+
+
+def _presence_row(row: dict, classes: list[str] | None) -> tuple[list[float], list[str]]:
+    """One line's probabilities (in ``classes`` order, else its own) and decisions.
+
+    Raises:
+        ValueError: What is wrong with the line.
+    """
+    probs, chosen = row.get("presence"), row.get("present")
+    if not isinstance(probs, dict) or not probs:
+        raise ValueError("'presence' must be an object {class: probability}")
+    names = classes or [str(c) for c in probs]
+    if set(probs) != set(names):
+        raise ValueError(f"'presence' has classes {sorted(probs)}, line 1 has {names}")
+    scores = [_probability(probs[c]) for c in names]
+    bad = [c for c, p in zip(names, scores) if p is None]
+    if bad:
+        raise ValueError(f"'presence' of {bad} is not a probability in [0, 1]")
+    if not isinstance(chosen, list) or not all(isinstance(c, str) for c in chosen):
+        raise ValueError("'present' must be a list of class names")
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        raise ValueError(f"'present' names {unknown}, not in 'presence'")
+    return scores, chosen
+
+
+def read_presence(predictions: Predictions) -> PresencePredictions | None:
+    """The ``presence`` / ``present`` fields of every row, checked; ``None`` without any.
+
+    Line 1 decides whether the file has presence (a model with a presence head); the other
+    lines must agree, with the same classes.
+
+    Bad lines are added to ``predictions.problems``.
+    """
+    with_presence = "presence" in predictions.rows[0]
+    names = [str(c) for c in predictions.rows[0]["presence"]] if with_presence else []
+    if with_presence and not isinstance(predictions.rows[0]["presence"], dict):
+        names = []
+
+    def read(row: dict) -> tuple[list[float], list[str]] | None:
+        if with_presence != ("presence" in row):
+            has = "has" if with_presence else "has no"
+            raise ValueError(f"'presence' is missing or extra: line 1 {has} 'presence'")
+        return _presence_row(row, names or None) if with_presence else None
+
+    rows = predictions.collect(
+        read,
+        'From a model with a presence head, each line needs "presence": {class: probability}, '
+        '"present": [classes].',
+    )
+    if not with_presence or None in rows:
+        return None  # bad lines: evaluate reports them with check()
+    return PresencePredictions(
+        names,
+        torch.tensor([s for s, _ in rows], dtype=torch.float32).reshape(len(rows), len(names)),
+        torch.tensor([[c in chosen for c in names] for _, chosen in rows], dtype=torch.bool),
+    )
+
+
+def evaluate_presence(inputs: EvaluationInputs, fields: PresencePredictions) -> TaskEvaluation:
+    """AP from the probabilities and F1 from the decisions of the matched images, per
+    evaluated class, with each class's threshold (run.json's, else inferred)."""
+    from drivemtl.evaluation.metrics import decision_threshold, presence_metrics, stack_labels
+    from drivemtl.evaluation.plots import plot_presence
+
+    classes = list(inputs.classes)
+    columns = [fields.classes.index(c) for c in classes]
+    p_index = [p for p, _ in inputs.pairs]
+    label_columns = [  # a class the manifest never names is ? everywhere
+        list(inputs.record_classes).index(c) if c in inputs.named else None for c in classes
+    ]
+    labels = stack_labels([inputs.records[r].presence for _, r in inputs.pairs], label_columns)
+    scores = fields.scores[p_index][:, columns]
+    stated = inputs.predictions.run_info.get("thresholds")
+    stated = stated if isinstance(stated, dict) else {}
+    thresholds = {}
+    for c, column in zip(classes, columns):
+        value = stated.get(c)
+        # Over every line of the file: the threshold describes the producing system.
+        thresholds[c] = decision_threshold(
+            fields.scores[:, column],
+            fields.present[:, column],
+            float(value) if isinstance(value, (int, float)) else None,
+        )
+    report = presence_metrics(
+        scores, fields.present[p_index][:, columns], labels, classes, thresholds
+    )
+    plot = partial(plot_presence, scores, labels, report["per_class"], classes)
+    return TaskEvaluation(report, {}, plot=plot)
+
+
 class PresenceHead(nn.Module):
     """Average and max pooling of the last feature maps, then one logit per class.
 
@@ -128,6 +244,19 @@ class PresenceTask(Task):
         blanks = " |" * (len(PRESENCE_COLUMNS) - 1)
         lines.append(f"| **macro mAP** | **{cell(section.get('map'))}** |{blanks}")
         return "\n".join(lines)
+
+    @classmethod
+    def read_predictions(cls, predictions: Predictions) -> PresencePredictions | None:
+        return read_presence(predictions)
+
+    @classmethod
+    def predicted_classes(cls, fields: PresencePredictions | None) -> list[str]:
+        return fields.classes if fields is not None else []
+
+    @classmethod
+    def evaluate_files(cls, inputs: EvaluationInputs) -> TaskEvaluation | None:
+        """The probabilities and decisions against the manifest's 1 / 0 / ? labels."""
+        return None if inputs.fields is None else evaluate_presence(inputs, inputs.fields)
 
     splits_by_class = True
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from drivemtl.console import progress
 from drivemtl.data.batch import Batch
-from drivemtl.data.manifest import Record
 from drivemtl.data.pixel_labels import IGNORE_INDEX, read_class_png
 from drivemtl.data.synthetic import SEGMENTATION_CLASSES
 from drivemtl.errors import DriveMTLError
 from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
+from drivemtl.evaluation.maps import MapScoring, score_maps
 from drivemtl.metrics.indexed import IndexedMetric, cat_state
 from drivemtl.models.fpn import FPNDecoder, conv_bn_relu
 from drivemtl.tasks.base import Task, register_task
@@ -197,23 +197,20 @@ class SegmentationTask(Task):
     def evaluate_files(cls, inputs: EvaluationInputs) -> TaskEvaluation | None:
         """Predicted masks against the manifest's (:func:`evaluate_segmentation`), in the class
         list ``run.json`` records (else the default one)."""
-        stated = inputs.run_info.get("segmentation_classes")
+        stated = inputs.predictions.run_info.get("segmentation_classes")
         classes = stated if isinstance(stated, list) else list(SEGMENTATION_CLASSES)
-        found = evaluate_segmentation(
-            inputs.predictions, inputs.prediction_images, inputs.records, inputs.pairs, classes
-        )
+        found = evaluate_segmentation(inputs, cls.pixel_label, classes)
         if found is None:
             return None
-        report, without = found
+        report, scored = found
         matching = {
             "classes": classes,
             "classes_from": "run.json" if isinstance(stated, list) else "default",
-            "images_with_mask": sum(
-                1 for _, r in inputs.pairs if inputs.records[r].map_path("segmentation")
-            ),
-            "images_without_predicted_mask": len(without),
+            "images_with_mask": scored.with_truth,
+            "images_without_predicted_mask": len(scored.without_prediction),
         }
-        return TaskEvaluation(report, matching, {"images_without_predicted_mask": without})
+        lists = {"images_without_predicted_mask": scored.without_prediction}
+        return TaskEvaluation(report, matching, lists)
 
     @classmethod
     def evaluation_lines(cls, matching: dict, lists: dict) -> list[str]:
@@ -371,69 +368,38 @@ class SegmentationTask(Task):
 
 
 def evaluate_segmentation(
-    predictions: str | Path,
-    prediction_images: Sequence[str],
-    records: Sequence[Record],
-    pairs: Sequence[tuple[int, int]],
-    classes: Sequence[str],
-) -> tuple[dict, list[str]] | None:
-    """Score predicted masks (``predictions.jsonl``'s ``segmentation`` paths) against the
-    manifest's, at the original resolution, with the metric of training.
+    inputs: EvaluationInputs, key: str, classes: Sequence[str]
+) -> tuple[dict, MapScoring] | None:
+    """Score predicted masks (the rows' ``key`` paths) against the manifest's, at the original
+    resolution, with the metric of training.
 
     Returns:
-        The ``segmentation`` report and the matched images with a true mask but no predicted
-        one; ``None`` when no matched entry has a mask or no prediction has one.
+        The ``segmentation`` report and what was scored; ``None`` when no matched entry has a
+        mask or no prediction has one.
 
     Raises:
         DriveMTLError: For unreadable masks or a size mismatch (up to 20 listed).
     """
-    from drivemtl.evaluation.predictions import prediction_map_paths
-
-    with_truth = [(p, r) for p, r in pairs if records[r].map_path("segmentation")]
-    predicted = prediction_map_paths(predictions, "segmentation") if with_truth else {}
-    if not predicted:
-        return None
     metric = SegmentationMetric(classes)
     limit = {"num_classes": len(classes)}
-    problems, missing = [], []
-    for p, r in progress(with_truth, desc="scoring segmentation", unit=" img"):
-        image = prediction_images[p]
-        if image not in predicted:
-            missing.append(image)
-            continue
-        truth_path = records[r].map_path("segmentation")
-        try:
-            pred = read_class_png(predicted[image], limit)
-            if (pred == IGNORE_INDEX).any():
-                raise ValueError(
-                    "holds 255 (not annotated): a prediction gives every pixel a class"
-                )
-        except (OSError, ValueError) as e:
-            problems.append(f"  {image}: prediction {predicted[image]}: {e}")
-            continue
-        try:
-            truth = read_class_png(truth_path, limit)
-        except (OSError, ValueError) as e:
-            problems.append(f"  {records[r].source}: ground truth {truth_path}: {e}")
-            continue
-        if pred.shape != truth.shape:
-            problems.append(
-                f"  {image}: prediction {predicted[image]} is {pred.shape[1]}x{pred.shape[0]} "
-                f"but ground truth {truth_path} is {truth.shape[1]}x{truth.shape[0]}"
-            )
-            continue
-        metric.update(
-            torch.from_numpy(pred.astype(np.int64))[None],
-            torch.from_numpy(truth.astype(np.int64))[None],
-            torch.tensor([r]),
-        )
-    if problems:
-        shown = problems[:20]
-        if len(problems) > 20:
-            shown.append(f"  ... and {len(problems) - 20} more")
-        raise DriveMTLError(
-            f"{len(problems)} segmentation mask(s) could not be scored:\n"
-            + "\n".join(shown)
-            + "\nEach pair needs two single-channel 8-bit PNGs of class indices of the same size."
-        )
-    return metric.report(), missing
+
+    def read_prediction(path: str) -> np.ndarray:
+        pred = read_class_png(path, limit)
+        if (pred == IGNORE_INDEX).any():
+            raise ValueError("holds 255 (not annotated): a prediction gives every pixel a class")
+        return pred
+
+    def update(pred: np.ndarray, truth: np.ndarray, index: int) -> None:
+        as_batch = [torch.from_numpy(m.astype(np.int64))[None] for m in (pred, truth)]
+        metric.update(*as_batch, torch.tensor([index]))
+
+    scored = score_maps(
+        inputs,
+        key,
+        read_prediction,
+        partial(read_class_png, options=limit),
+        update,
+        "segmentation mask(s)",
+        "Each pair needs two single-channel 8-bit PNGs of class indices of the same size.",
+    )
+    return None if scored is None else (metric.report(), scored)
