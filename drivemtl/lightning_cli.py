@@ -157,17 +157,19 @@ class RunTrainer(Trainer):
 def log_run_images(
     trainer: Trainer, report: dict, run_dir: Path, stage: str, fitted: bool = False
 ) -> None:
-    """Presence AP / F1 bars and, after a fit, its task-affinity map into the image loggers."""
-    from drivemtl.evaluation.plots import ap_f1_figure
+    """Each task's figures of the report and, after a fit, its task-affinity map into the
+    image loggers."""
     from drivemtl.image_logging import figure_array, log_images, png_array
 
     if not trainer.loggers:
         return
+    from drivemtl.tasks import TASKS
+
     images = {}
-    if "presence" in report:
-        images[f"{stage}/presence_ap_f1"] = figure_array(
-            ap_f1_figure(report["presence"]["per_class"])
-        )
+    for name, section in report.items():
+        task = TASKS.get(name)
+        for key, figure in (task.report_figures(section) if task else {}).items():
+            images[f"{stage}/{name}_{key}"] = figure_array(figure)
     affinity = run_dir / "task_affinity.png"
     if fitted and affinity.is_file():
         images["train/task_affinity"] = png_array(affinity)

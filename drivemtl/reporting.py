@@ -4,32 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
-PRESENCE_COLUMNS = (
-    "ap",
-    "f1",
-    "precision",
-    "recall",
-    "threshold",
-    "positives",
-    "labelled",
-    "unknown",
-)
 
-DETECTION_COLUMNS = (
-    "ap50",
-    "ap",
-    "precision",
-    "recall",
-    "f1",
-    "ground_truth",
-    "detections",
-    "images",
-)
-
-
-def _cell(value) -> str:
+def cell(value) -> str:
+    """A table cell: ``-`` for undefined (``None``, NaN), three decimals for a float."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
@@ -37,13 +17,12 @@ def _cell(value) -> str:
     return str(value)
 
 
-def markdown_cell(value) -> str:
-    """A report.md table cell: ``-`` for undefined, three decimals for a float."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
+def per_class_rows(per_class: dict, columns: Sequence[str]) -> list[tuple[str, ...]]:
+    """A head row (``class``, columns) and one row of cells per class."""
+    rows = [("class", *columns)]
+    for name, metrics in per_class.items():
+        rows.append((name, *(cell(metrics.get(k)) for k in columns)))
+    return rows
 
 
 def fixed_width(rows: list[tuple[str, ...]]) -> str:
@@ -57,51 +36,39 @@ def fixed_width(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def presence_table(section: dict) -> str:
-    """The per-class presence table as fixed-width text (``-`` marks an undefined value)."""
-    rows = [("class", *PRESENCE_COLUMNS)]
-    for name, metrics in section["per_class"].items():
-        rows.append((name, *(_cell(metrics.get(k)) for k in PRESENCE_COLUMNS)))
-    rows.append(("macro mAP", _cell(section.get("map")), *[""] * (len(PRESENCE_COLUMNS) - 1)))
-    return fixed_width(rows)
+def markdown_table(rows: list[tuple[str, ...]], footer: tuple[str, ...] = ()) -> str:
+    """Rows (the first one the head) as a Markdown table, the first column left-aligned;
+    a ``footer`` row (summary numbers) in bold, its empty cells left blank."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "|" + "".join(f" {c} |" if c else " |" for c in cells)
+
+    lines = [line(rows[0]), "|---" + "|---:" * (len(rows[0]) - 1) + "|"]
+    lines += [line(r) for r in rows[1:]]
+    if footer:
+        lines.append(line([f"**{c}**" if c else "" for c in footer]))
+    return "\n".join(lines)
 
 
-def detection_table(section: dict) -> str:
-    """The per-class detection table as fixed-width text, with mAP@0.5 and mAP below."""
-    rows = [("class", *DETECTION_COLUMNS)]
-    for name, metrics in section["per_class"].items():
-        rows.append((name, *(_cell(metrics.get(k)) for k in DETECTION_COLUMNS)))
-    blanks = [""] * (len(DETECTION_COLUMNS) - 2)
-    rows.append(("mean", _cell(section.get("map50")), _cell(section.get("map")), *blanks))
-    lines = fixed_width(rows).split("\n")
-    threshold = _cell(section.get("score_threshold"))
-    return "\n".join(lines) + f"\n(precision, recall, f1 at score >= {threshold}, IoU 0.5)"
+def section_text(name: str, section: dict) -> str:
+    """A report section as one line of its numbers, and its per-class table if it has one."""
+    flat = {k: v for k, v in section.items() if not isinstance(v, dict)}
+    text = f"{name}: " + ", ".join(f"{k}={cell(v)}" for k, v in flat.items())
+    if isinstance(section.get("per_class"), dict) and section["per_class"]:
+        columns = list(next(iter(section["per_class"].values())))
+        text += "\n" + fixed_width(per_class_rows(section["per_class"], columns))
+    return text
 
 
 def format_report(report: dict) -> str:
-    """All task sections of a report, one table or line each."""
+    """All task sections of a report, each as its task shows it (:meth:`Task.text_table`)."""
+    from drivemtl.tasks import TASKS
+
     parts = []
-    for task, section in report.items():
-        if task == "presence":
-            parts.append("presence\n" + presence_table(section))
-        elif task == "detection":
-            parts.append("detection\n" + detection_table(section))
-        else:
-            flat = {k: v for k, v in section.items() if not isinstance(v, dict)}
-            text = f"{task}: " + ", ".join(f"{k}={_cell(v)}" for k, v in flat.items())
-            if isinstance(section.get("per_class"), dict) and section["per_class"]:
-                text += "\n" + per_class_table(section["per_class"])
-            parts.append(text)
+    for name, section in report.items():
+        task = TASKS.get(name)
+        parts.append(task.text_table(section) if task else section_text(name, section))
     return "\n\n".join(parts)
-
-
-def per_class_table(per_class: dict) -> str:
-    """A per-class table of any task's numbers (columns: the first class's keys)."""
-    columns = list(next(iter(per_class.values())))
-    rows = [("class", *columns)]
-    for name, metrics in per_class.items():
-        rows.append((name, *(_cell(metrics.get(k)) for k in columns)))
-    return fixed_width(rows)
 
 
 def write_metrics(report: dict, path: str | Path) -> Path:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import Tensor
 
-from drivemtl.data.pixel_labels import PIXEL_LABELS
+from drivemtl.data.pixel_labels import pixel_labels
 
 
 @dataclass
@@ -89,7 +89,7 @@ def collate(samples: list[Sample]) -> Batch:
     maps = {}
     for key in dict.fromkeys(k for s in samples for k in s.maps):
         given = next(s.maps[key] for s in samples if key in s.maps)
-        blank = torch.full((1, *samples[0].image.shape[-2:]), PIXEL_LABELS[key].fill)
+        blank = torch.full((1, *samples[0].image.shape[-2:]), pixel_labels()[key].fill)
         blank = blank.to(given.dtype)
         maps[key] = torch.stack([s.maps.get(key, blank) for s in samples])
     return Batch(

@@ -18,7 +18,7 @@ from drivemtl.data.batch import Batch, Sample, collate
 from drivemtl.data.io import DEPTH_PNG_SCALE, IMAGE_EXTENSIONS, load_rgb_reduced
 from drivemtl.data.labels import POSITIVE, UNKNOWN
 from drivemtl.data.manifest import Record
-from drivemtl.data.pixel_labels import PIXEL_LABELS
+from drivemtl.data.pixel_labels import pixel_labels as label_maps
 from drivemtl.data.transforms import Resize, crop_zoom, seed_transform
 from drivemtl.errors import DriveMTLError
 
@@ -37,7 +37,7 @@ def read_record(
 
     Args:
         record: The manifest entry.
-        labels: Keys of the per-pixel label maps to decode (:data:`PIXEL_LABELS`), or a
+        labels: Keys of the per-pixel label maps to decode (the tasks' ``pixel_label``), or a
             mapping from key to the task's reader options (``num_classes``).
         options: Options of the maps' readers (``depth_scale``: units per metre of 16-bit
             depth PNGs).
@@ -63,7 +63,7 @@ def read_record(
     maps = {}
     for key, path in wanted:
         try:
-            value = PIXEL_LABELS[key].read(path, {**(options or {}), **(own[key] or {})})
+            value = label_maps()[key].read(path, {**(options or {}), **(own[key] or {})})
         except (OSError, ValueError) as e:
             raise DriveMTLError(f"{record.source}: cannot read {key} map {path}: {e}") from None
         if value.shape != (height, width):
@@ -109,9 +109,9 @@ class ManifestDataset(Dataset):
         self.decode_at_least = decode_at_least
         self.transform = transform
         self.load_boxes = load_boxes
-        unknown = [key for key in pixel_labels if key not in PIXEL_LABELS]
+        unknown = [key for key in pixel_labels if key not in label_maps()]
         if unknown:
-            raise DriveMTLError(f"Unknown pixel label(s) {unknown}; known: {sorted(PIXEL_LABELS)}")
+            raise DriveMTLError(f"Unknown pixel label(s) {unknown}; known: {sorted(label_maps())}")
         self.pixel_labels = (
             dict(pixel_labels)
             if isinstance(pixel_labels, Mapping)
@@ -173,7 +173,7 @@ class ManifestDataset(Dataset):
                 sample.boxes = torch.from_numpy(kept[objects])
                 sample.box_labels = torch.from_numpy(kept_labels[objects])
         for key, moved in zip(maps, out.get("masks", ())):
-            label = PIXEL_LABELS[key]
+            label = label_maps()[key]
             moved = np.asarray(moved)
             if label.zoom_scaled and self.depth_zoom_correction:  # 0 (no measurement) stays 0
                 moved = moved / crop_zoom(out.get("applied_transforms", ()), image.shape[:2])

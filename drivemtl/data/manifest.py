@@ -20,11 +20,19 @@ from pathlib import Path
 from drivemtl.console import progress
 from drivemtl.data.io import displayed_size
 from drivemtl.data.labels import NEGATIVE, POSITIVE, UNKNOWN, UNKNOWN_TOKEN
-from drivemtl.data.pixel_labels import PIXEL_LABELS
+from drivemtl.data.pixel_labels import pixel_labels
 from drivemtl.errors import DriveMTLError
 from drivemtl.jsonl import BadJSON, loads, read_lines
 
-JSONL_KEYS = {"image", "presence", "boxes", "ignore", "meta", *PIXEL_LABELS}
+BASE_KEYS = ("image", "presence", "boxes", "ignore", "meta")
+"""The JSONL keys of every manifest; the tasks' label maps add theirs (:func:`jsonl_keys`)."""
+
+
+def jsonl_keys() -> set[str]:
+    """Every key a JSONL manifest line may have."""
+    return {*BASE_KEYS, *pixel_labels()}
+
+
 MAX_REPORTED_ERRORS = 20
 # Float rounding in converters may put a box edge a hair outside the image.
 BOX_TOLERANCE_PX = 0.01
@@ -56,7 +64,7 @@ class Record:
     line: int = 0
 
     def map_path(self, key: str) -> str | None:
-        """The path of the entry's ``key`` label map (a :data:`PIXEL_LABELS` key), or ``None``."""
+        """The path of the entry's ``key`` label map (a task's ``pixel_label``), or ``None``."""
         for name, path in self.maps:
             if name == key:
                 return path
@@ -282,6 +290,7 @@ class _EntryParser:
 
     def __init__(self, path: Path, classes: list[str], check: bool):
         self.path, self.base, self.check = str(path), str(path.parent), check
+        self.keys = jsonl_keys()
         self.classes = classes
         self.index = {name: i for i, name in enumerate(classes)}
 
@@ -292,9 +301,10 @@ class _EntryParser:
             raise _LineError(str(e)) from None
         if not isinstance(entry, dict):
             raise _LineError("each line must be a JSON object")
-        if not entry.keys() <= JSONL_KEYS:
-            extra = sorted(set(entry) - JSONL_KEYS)
-            raise _LineError(f"unknown key(s) {extra}; allowed: {sorted(JSONL_KEYS)}")
+        allowed = self.keys
+        if not entry.keys() <= allowed:
+            extra = sorted(set(entry) - allowed)
+            raise _LineError(f"unknown key(s) {extra}; allowed: {sorted(allowed)}")
         if "image" not in entry:
             raise _LineError("missing 'image'")
         check = self.check
@@ -320,7 +330,7 @@ class _EntryParser:
 
         maps = tuple(
             (key, _resolve(self.base, entry[key], key, check))
-            for key in PIXEL_LABELS
+            for key in pixel_labels()
             if entry.get(key) is not None
         )
         ignore = ()

@@ -6,7 +6,8 @@ parser, the datasets, the augmentation pipeline and ``collate`` then handle ever
 same way: the data loads only the maps of the configured tasks, geometric transforms resample
 them with nearest neighbour, and images without a map get one filled with ``fill``.
 
-Kept free of torch and Lightning: manifests are read by light commands (``convert``).
+Each task declares its map (``Task.label_map``) and registering the task registers it, so a
+task of another package brings its manifest key with it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from drivemtl.data.io import DEPTH_PNG_SCALE, load_depth, open_image
+from drivemtl.data.io import open_image
 
 IGNORE_INDEX = 255
 """Class index of pixels without a segmentation label."""
@@ -48,11 +49,20 @@ class PixelLabel:
 
 
 PIXEL_LABELS: dict[str, PixelLabel] = {}
+"""Registered label maps by key; tasks register theirs (``Task.label_map``), so read it
+through :func:`pixel_labels`."""
+
+
+def pixel_labels() -> dict[str, PixelLabel]:
+    """Every label map the registered tasks declare (third-party tasks included)."""
+    import drivemtl.tasks  # noqa: F401  (registering a task registers its label map)
+
+    return PIXEL_LABELS
 
 
 def register_pixel_label(label: PixelLabel) -> PixelLabel:
-    """Add a label map kind (a manifest key); the key must be new."""
-    if label.key in PIXEL_LABELS:
+    """Add a label map kind (a manifest key); the key must be new (or the same label)."""
+    if PIXEL_LABELS.get(label.key, label) is not label:
         raise ValueError(f"pixel label {label.key!r} is already registered")
     PIXEL_LABELS[label.key] = label
     return label
@@ -90,11 +100,3 @@ def read_class_png(path: str | Path, options: Mapping[str, Any] | None = None) -
                 "model.tasks.segmentation.classes; give the class list they were made with"
             )
     return mask
-
-
-def _read_depth(path: str, options: Mapping[str, Any]) -> np.ndarray:
-    return load_depth(path, options.get("depth_scale", DEPTH_PNG_SCALE))
-
-
-register_pixel_label(PixelLabel("depth", _read_depth, fill=0.0, dtype="float32", zoom_scaled=True))
-register_pixel_label(PixelLabel("segmentation", read_class_png, fill=IGNORE_INDEX, dtype="int64"))

@@ -31,8 +31,8 @@ def decode_outputs(
         tasks: The tasks, by name.
         heads: Each task's head, or a module holding its decision state (thresholds).
         classes: The class list.
-        single_class: ``(head, class)`` of a single-class baseline: its presence fields keep
-            that class only (the other outputs were never trained).
+        single_class: ``(head, class)`` of a single-class baseline: each task's fields keep
+            that class only (:meth:`Task.keep_class`; the other outputs were never trained).
     """
     rows = [{"image": path} for path in batch.paths]
     for name, task in tasks.items():
@@ -40,9 +40,7 @@ def decode_outputs(
         for row, extra in zip(rows, fields):
             row.update(extra)
     if single_class is not None:
-        kept = single_class[1]
-        for row in rows:
-            if "presence" in row:
-                row["presence"] = {kept: row["presence"][kept]}
-                row["present"] = [c for c in row["present"] if c == kept]
+        for task in tasks.values():
+            for row in rows:
+                task.keep_class(row, single_class[1])
     return rows

@@ -83,11 +83,11 @@ class Predictor:
     @property
     def thresholds(self) -> dict[str, float]:
         """The presence decision threshold of each class (empty without a presence head)."""
-        return apply_thresholds(self.heads, self.classes, {})
+        return apply_thresholds(self.tasks, self.heads, self.classes, {})
 
     def set_thresholds(self, overrides: Mapping[str, float]) -> dict[str, float]:
         """Override presence decision thresholds per class; returns those now in effect."""
-        return apply_thresholds(self.heads, self.classes, dict(overrides))
+        return apply_thresholds(self.tasks, self.heads, self.classes, dict(overrides))
 
     # -- prediction ----------------------------------------------------------------------------
 

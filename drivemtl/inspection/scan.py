@@ -18,7 +18,7 @@ from drivemtl.console import progress
 from drivemtl.data.datasets import read_record
 from drivemtl.data.io import DEPTH_PNG_SCALE, open_image
 from drivemtl.data.manifest import Record
-from drivemtl.data.pixel_labels import PIXEL_LABELS
+from drivemtl.data.pixel_labels import pixel_labels
 from drivemtl.errors import DriveMTLError
 
 
@@ -56,7 +56,7 @@ def check_record(record: Record, depth_scale: float = DEPTH_PNG_SCALE) -> FileCh
     except Exception:  # reported by the full decode below, with training's message
         pass
     try:
-        image, maps, _ = read_record(record, list(PIXEL_LABELS), {"depth_scale": depth_scale})
+        image, maps, _ = read_record(record, list(pixel_labels()), {"depth_scale": depth_scale})
     except DriveMTLError as e:
         return FileCheck(mode=mode, problem=str(e))
     height, width = image.shape[:2]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from drivemtl.errors import DriveMTLError
@@ -153,29 +153,40 @@ def overlay_name(image: str) -> str:
     return image if image.lower().endswith((".jpg", ".jpeg")) else image + ".jpg"
 
 
-def jsonl_to_csv(jsonl: str | Path, out: str | Path, classes: Sequence[str]) -> Path:
-    """Stream a predictions file to CSV: ``image``, one probability column per class,
-    ``present`` (``;``-separated), and ``boxes`` (JSON) / ``depth`` when the model has them.
+def _csv_cells(row: dict) -> dict[str, str]:
+    """A prediction row as CSV cells: an object spreads into one column per key (presence:
+    a probability per class), a list of names joins with ``;``, other lists are JSON (boxes),
+    a path stays as is."""
+    cells = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            cells.update({str(k): str(v) for k, v in value.items()})
+        elif isinstance(value, list):
+            names = all(isinstance(v, str) for v in value)
+            cells[key] = ";".join(value) if names else json.dumps(value)
+        else:
+            cells[key] = "" if value is None else str(value)
+    return cells
+
+
+def jsonl_to_csv(jsonl: str | Path, out: str | Path) -> Path:
+    """Stream a predictions file to CSV, one column per field of the first line: ``image``,
+    one probability column per class and ``present`` (``;``-separated) from a presence head,
+    ``boxes`` (JSON), map paths (depth, segmentation).
 
     Written beside and renamed, so a reader never sees half a file.
     """
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    extra = []
-    for _, obj in iter_jsonl(jsonl):
-        extra = [k for k in ("boxes", "depth") if k in obj]
-        break
+    columns = None
     with open(partial, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["image", *classes, "present", *extra])
         for _, obj in iter_jsonl(jsonl):
-            probs = obj.get("presence", {})
-            row = [obj["image"], *(probs.get(c, "") for c in classes)]
-            row.append(";".join(obj.get("present", [])))
-            for key in extra:
-                value = obj.get(key)
-                row.append(json.dumps(value) if key == "boxes" else (value or ""))
-            writer.writerow(row)
+            cells = _csv_cells(obj)
+            if columns is None:
+                columns = list(cells)
+                writer.writerow(columns)
+            writer.writerow([cells.get(c, "") for c in columns])
     partial.replace(out)
     return out
 

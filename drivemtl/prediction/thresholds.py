@@ -1,7 +1,8 @@
 """Per-class decision thresholds at prediction time.
 
-The presence head stores the thresholds chosen on validation data (saved in the checkpoint);
-a user may override some of them for one run, e.g. a lower one for a safety-critical class.
+The head of the task that decides per class (presence) stores the thresholds chosen on
+validation data (saved in the checkpoint); a user may override some of them for one run, e.g.
+a lower one for a safety-critical class.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from drivemtl.errors import DriveMTLError
+from drivemtl.tasks.base import Task
 
 ThresholdSpec = dict[str, float] | str | None
 """A mapping ``{class: threshold}``, a string ``"car=0.3,stop_sign=0.6"``, or ``None``."""
@@ -52,26 +54,35 @@ def parse_thresholds(spec: ThresholdSpec) -> dict[str, float]:
 
 
 def apply_thresholds(
-    heads: Mapping[str, nn.Module], classes: list[str], overrides: Mapping[str, float]
+    tasks: Mapping[str, Task],
+    heads: Mapping[str, nn.Module],
+    classes: list[str],
+    overrides: Mapping[str, float],
 ) -> dict[str, float]:
-    """Write overrides into the presence head's ``thresholds`` buffer, which decoding reads.
+    """Write overrides into the ``thresholds`` buffer of the head of the task that decides
+    per class (``Task.class_thresholds``), which decoding reads.
 
     Args:
+        tasks: The model's tasks by name.
         heads: The model's heads by task name.
         classes: The model's class list (order of the buffer).
         overrides: ``{class: threshold}`` to change; other classes keep the checkpoint's.
 
     Returns:
-        The thresholds now in effect, per class (empty when there is no presence head).
+        The thresholds now in effect, per class (empty without such a task).
 
     Raises:
-        DriveMTLError: For an unknown class, or overrides without a presence head.
+        DriveMTLError: For an unknown class, or overrides without such a task.
     """
-    head = heads["presence"] if "presence" in heads else None  # noqa: SIM401 (ModuleDict)
-    if head is None:
+    deciding = [name for name, task in tasks.items() if task.class_thresholds]
+    if not deciding:
         if overrides:
-            raise DriveMTLError("--thresholds needs a model with a presence head.")
+            from drivemtl.tasks import TASKS
+
+            kinds = ", ".join(n for n, t in TASKS.items() if t.class_thresholds)
+            raise DriveMTLError(f"--thresholds needs a model with a task that has them ({kinds}).")
         return {}
+    head = heads[deciding[0]]
     unknown = sorted(set(overrides) - set(classes))
     if unknown:
         raise DriveMTLError(

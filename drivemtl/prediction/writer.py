@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from drivemtl.data.pixel_labels import PIXEL_LABELS
+from drivemtl.data.pixel_labels import pixel_labels
 from drivemtl.errors import DriveMTLError
 from drivemtl.jsonl import load_file
 from drivemtl.prediction.files import (
@@ -203,7 +203,9 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the checkpoint's weights and thresholds are restored, before any decoding.
         self._classes = list(pl_module.classes)
-        in_effect = apply_thresholds(pl_module.net.heads, self._classes, self.overrides)
+        in_effect = apply_thresholds(
+            pl_module.tasks, pl_module.net.heads, self._classes, self.overrides
+        )
         datamodule = trainer.datamodule
         self.info = {
             "checkpoint": self.checkpoint,
@@ -213,18 +215,18 @@ class PredictionWriter(BasePredictionWriter):
             "image_size": list(datamodule.image_size),
             "tasks": list(pl_module.tasks),
         }
-        detection = pl_module.tasks.get("detection")
-        if detection is None and self.box_score_threshold is not None:
-            raise DriveMTLError("--box_score_threshold needs a model with a detection head.")
-        if detection is not None:
-            # predictions.jsonl lists every box down to the task's min_score (AP needs them);
-            # this operating point is what overlays draw and evaluate's precision/recall use.
-            chosen = self.box_score_threshold
-            self.info["box_score_threshold"] = (
-                detection.score_threshold if chosen is None else float(chosen)
-            )
+        # Options of one task (detection's operating point): refused without that task.
+        options = {"box_score_threshold": self.box_score_threshold}
+        for key, value in options.items():
+            if value is not None and not any(
+                key in t.prediction_options for t in pl_module.tasks.values()
+            ):
+                from drivemtl.tasks import TASKS
+
+                kinds = " or ".join(n for n, t in TASKS.items() if key in t.prediction_options)
+                raise DriveMTLError(f"--{key} needs a model with a {kinds} head.")
         for task in pl_module.tasks.values():
-            self.info.update(task.run_info())
+            self.info.update(task.run_info(options))
         self._check_resume_matches()
         if self.resume:
             # Failed images are retried now, so their old lines would become duplicates.
@@ -281,8 +283,7 @@ class PredictionWriter(BasePredictionWriter):
         if not self._completed:
             return  # interrupted: the files hold every finished batch; --resume continues
         if self.csv and self.predictions_path.is_file():
-            classes = self._classes or list(pl_module.classes)
-            jsonl_to_csv(self.predictions_path, self.output_dir / CSV_FILE, classes)
+            jsonl_to_csv(self.predictions_path, self.output_dir / CSV_FILE)
         if self.info:
             self._write_info("complete")
 
@@ -328,7 +329,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def _prepare_existing(self) -> None:
         outputs = [self.predictions_path, self.errors_path, self.output_dir / CSV_FILE]
-        folders = [self.output_dir / d for d in (OVERLAYS, *map_folders(PIXEL_LABELS))]
+        folders = [self.output_dir / d for d in (OVERLAYS, *map_folders(pixel_labels()))]
         if self.overwrite:
             for path in [*outputs, self.output_dir / RUN_INFO]:
                 path.unlink(missing_ok=True)
@@ -360,7 +361,7 @@ class PredictionWriter(BasePredictionWriter):
         )
         if out != root:
             return (os.path.join(inside, ""),)
-        return tuple(os.path.join(inside, d, "") for d in (OVERLAYS, *map_folders(PIXEL_LABELS)))
+        return tuple(os.path.join(inside, d, "") for d in (OVERLAYS, *map_folders(pixel_labels())))
 
     def _check_resume_matches(self) -> None:
         info_path = self.output_dir / RUN_INFO

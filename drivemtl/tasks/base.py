@@ -7,7 +7,7 @@ outputs for prediction files. The LightningModule loops over tasks and knows non
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from drivemtl.data.batch import Batch
+from drivemtl.data.pixel_labels import PixelLabel, register_pixel_label
 from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
 from drivemtl.evaluation.predictions import Predictions
 
@@ -27,9 +28,10 @@ class Task(ABC):
         monitor: The metric (within the task's report) that selects the best checkpoint.
         monitor_mode: ``"max"`` when a higher ``monitor`` is better (AP), ``"min"`` when
             lower is (a depth error).
-        pixel_label: The per-pixel label map the task trains on (a key of
-            :data:`~drivemtl.data.pixel_labels.PIXEL_LABELS`, also its manifest key and its
-            folder of predicted maps), or ``None``; the CLI tells the data to load it.
+        pixel_label: The key of the per-pixel label map the task trains on (its manifest key,
+            its prediction field and its folder of predicted maps), or ``None``; the CLI tells
+            the data to load it.
+        label_map: How that map is read and collated; registered with the task.
         splits_by_class: Whether :meth:`class_losses` splits the loss into one term per
             class, so that ``model.granularity: class`` makes each class a task of its own.
     """
@@ -38,7 +40,13 @@ class Task(ABC):
     monitor: str
     monitor_mode: str = "max"
     pixel_label: str | None = None
+    label_map: PixelLabel | None = None
     splits_by_class: bool = False
+    prediction_options: tuple[str, ...] = ()
+    """The ``predict`` options the task reads in :meth:`run_info` (others refuse them)."""
+    class_thresholds: bool = False
+    """Whether the head holds a ``thresholds`` buffer of per-class decisions, which
+    ``--thresholds`` overrides at prediction time."""
     map_format: str = "PNG"
     """How ``predict``'s summary describes the task's map files (``pixel_label`` tasks)."""
     report_title: str = ""
@@ -95,6 +103,10 @@ class Task(ABC):
     ) -> list[dict]:
         """Per-image prediction fields (original image pixels) for ``predictions.jsonl``."""
 
+    def keep_class(self, row: dict, kept: str) -> None:  # noqa: B027 (optional hook)
+        """Drop every class but ``kept`` from the task's fields of a decoded row, in place
+        (a single-class baseline, whose other outputs were never trained)."""
+
     def agreement(
         self, expected: Sequence[dict], actual: Sequence[dict]
     ) -> dict[str, tuple[float, float]]:
@@ -107,8 +119,9 @@ class Task(ABC):
         """Options for the reader of the task's label map (segmentation: ``num_classes``)."""
         return {}
 
-    def run_info(self) -> dict:
-        """What ``run.json`` records of the task beside the predictions (its class list)."""
+    def run_info(self, options: Mapping[str, Any]) -> dict:
+        """What ``run.json`` records of the task beside the predictions (its class list, its
+        operating point), given ``predict``'s options (``None`` where not given)."""
         return {}
 
     # Predicted maps, for tasks with a ``pixel_label``: ``decode`` puts an (H, W) array in
@@ -155,11 +168,22 @@ class Task(ABC):
         return []
 
     @classmethod
+    def report_figures(cls, section: dict) -> dict[str, Any]:
+        """Matplotlib figures of the task's report section for the image loggers, by name."""
+        return {}
+
+    @classmethod
+    def text_table(cls, section: dict) -> str:
+        """The task's section of a report for the terminal (default: its numbers on one line
+        and its per-class table, if any)."""
+        from drivemtl.reporting import section_text
+
+        return section_text(cls.name, section)
+
+    @classmethod
     def markdown(cls, section: dict) -> str:
         """The task's section of report.md (default: the terminal's table, as code)."""
-        from drivemtl.reporting import format_report
-
-        return "```\n" + format_report({cls.name: section}) + "\n```"
+        return "```\n" + cls.text_table(section) + "\n```"
 
     def scalars(self, report: dict) -> dict[str, float]:
         """Flat scalars to log from a report; undefined (``None``) values are left out."""
@@ -189,5 +213,9 @@ def register_task(cls: type[Task]) -> type[Task]:
         raise ValueError(
             f"task name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}"
         )
+    if cls.label_map is not None:
+        if cls.label_map.key != cls.pixel_label:
+            raise ValueError(f"task {cls.name!r}: label_map.key differs from pixel_label")
+        register_pixel_label(cls.label_map)
     TASKS[cls.name] = cls
     return cls

@@ -8,8 +8,9 @@ images without depth contribute nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,13 +19,14 @@ from torch import Tensor, nn
 
 from drivemtl.data.batch import Batch
 from drivemtl.data.io import DEPTH_PNG_SCALE, load_depth, save_depth_png
+from drivemtl.data.pixel_labels import PixelLabel
 from drivemtl.errors import DriveMTLError
 from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
 from drivemtl.evaluation.maps import score_maps
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, METRICS, DepthMetric
 from drivemtl.models.fpn import FPNDecoder, conv_bn_relu
 from drivemtl.prediction.depth_preview import colorize_depth
-from drivemtl.reporting import markdown_cell
+from drivemtl.reporting import cell
 from drivemtl.tasks.base import Task, register_task
 
 DEPTH_DEFINITIONS = """\
@@ -40,6 +42,14 @@ DEPTH_DEFINITIONS = """\
 - `valid_pixels` and `images` count what was scored; metrics are `null` when no image has a
   valid pixel.
 """
+
+
+def _read_depth(path: str, options: Mapping[str, Any]) -> np.ndarray:
+    return load_depth(path, options.get("depth_scale", DEPTH_PNG_SCALE))
+
+
+DEPTH_MAP = PixelLabel("depth", _read_depth, fill=0.0, dtype="float32", zoom_scaled=True)
+"""Depth ground truth: metres (0 = no measurement), divided by a scale-crop's zoom."""
 
 DEPTH_TOLERANCE = 1e-3
 """Largest relative depth difference an exported file may show against the eager model."""
@@ -182,7 +192,8 @@ class DepthTask(Task):
     name = "depth"
     monitor = "abs_rel"
     monitor_mode = "min"
-    pixel_label = "depth"
+    label_map = DEPTH_MAP
+    pixel_label = DEPTH_MAP.key
     report_title = "Depth"
     report_rank = 2
     definitions = DEPTH_DEFINITIONS
@@ -326,7 +337,7 @@ class DepthTask(Task):
         """The depth metrics as a one-row Markdown table, with the counts."""
         head = [*METRICS, "valid_pixels", "images"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-        lines.append("| " + " | ".join(markdown_cell(section.get(k)) for k in head) + " |")
+        lines.append("| " + " | ".join(cell(section.get(k)) for k in head) + " |")
         return "\n".join(lines)
 
     def save_map(self, value: np.ndarray, path: str) -> None:

@@ -16,7 +16,8 @@ least 1); masking removes only negative entries, which do not enter that count.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ from drivemtl.models.fcos import (
     make_locations,
     postprocess,
 )
-from drivemtl.reporting import DETECTION_COLUMNS, markdown_cell
+from drivemtl.reporting import cell, fixed_width, markdown_table, per_class_rows
 from drivemtl.tasks.base import Task, register_task
 
 DETECTION_DEFINITIONS = """\
@@ -53,6 +54,18 @@ DETECTION_DEFINITIONS = """\
   run's operating point, `run.json`), matched one to one at IoU >= 0.5, best score first.
   Precision is `null` without such a box, recall and F1 without ground truth.
 """
+
+DETECTION_COLUMNS = (
+    "ap50",
+    "ap",
+    "precision",
+    "recall",
+    "f1",
+    "ground_truth",
+    "detections",
+    "images",
+)
+"""The per-class columns of detection tables, in order."""
 
 BOX_TOLERANCE_PX = 0.5
 BOX_SCORE_SLACK = 1e-3
@@ -100,6 +113,7 @@ class DetectionTask(Task):
 
     name = "detection"
     monitor = "map50"
+    prediction_options = ("box_score_threshold",)
     report_title = "Detection"
     report_rank = 1
     definitions = DETECTION_DEFINITIONS
@@ -150,21 +164,29 @@ class DetectionTask(Task):
         return lines
 
     @classmethod
+    def _footer(cls, section: dict) -> tuple[str, ...]:
+        blanks = [""] * (len(DETECTION_COLUMNS) - 2)
+        return ("mean", cell(section.get("map50")), cell(section.get("map")), *blanks)
+
+    @classmethod
+    def text_table(cls, section: dict) -> str:
+        """The per-class table as fixed-width text, with mAP@0.5 and mAP below."""
+        rows = per_class_rows(section["per_class"], DETECTION_COLUMNS)
+        threshold = cell(section.get("score_threshold"))
+        return (
+            "detection\n"
+            + fixed_width([*rows, cls._footer(section)])
+            + f"\n(precision, recall, f1 at score >= {threshold}, IoU 0.5)"
+        )
+
+    @classmethod
     def markdown(cls, section: dict) -> str:
         """The per-class detection table in Markdown, with mAP@0.5 and mAP below."""
-        cell = markdown_cell
-        head = ["class", *DETECTION_COLUMNS]
-        lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(DETECTION_COLUMNS) + "|"]
-        for name, metrics in section["per_class"].items():
-            cells = [cell(metrics.get(k)) for k in DETECTION_COLUMNS]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        blanks = " |" * (len(DETECTION_COLUMNS) - 2)
-        lines.append(
-            f"| **mean** | **{cell(section.get('map50'))}** | **{cell(section.get('map'))}** |"
-            + blanks
+        table = markdown_table(
+            per_class_rows(section["per_class"], DETECTION_COLUMNS), cls._footer(section)
         )
         threshold = cell(section.get("score_threshold"))
-        return "\n".join(lines) + f"\n\nScore threshold for precision and recall: {threshold}."
+        return table + f"\n\nScore threshold for precision and recall: {threshold}."
 
     def __init__(
         self,
@@ -359,6 +381,12 @@ class DetectionTask(Task):
         return metric.report()
 
     # -- prediction ----------------------------------------------------------------------------
+
+    def run_info(self, options: Mapping[str, Any]) -> dict:
+        # predictions.jsonl lists every box down to min_score (AP needs them); this operating
+        # point is what overlays draw and evaluate's precision/recall use.
+        chosen = options.get("box_score_threshold")
+        return {"box_score_threshold": self.score_threshold if chosen is None else float(chosen)}
 
     def agreement(
         self, expected: Sequence[dict], actual: Sequence[dict]

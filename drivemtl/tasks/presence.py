@@ -15,7 +15,7 @@ from drivemtl.data.batch import Batch
 from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
 from drivemtl.evaluation.predictions import Predictions
 from drivemtl.metrics.presence import DEFAULT_THRESHOLD, PresenceMetric
-from drivemtl.reporting import PRESENCE_COLUMNS, markdown_cell
+from drivemtl.reporting import cell, fixed_width, markdown_table, per_class_rows
 from drivemtl.tasks.base import Task, register_task
 
 PRESENCE_DEFINITIONS = """\
@@ -32,6 +32,18 @@ PRESENCE_DEFINITIONS = """\
   decisions follow it; else the smallest probability among images decided present, when
   every image at or above it is decided present; else `null`.
 """
+
+PRESENCE_COLUMNS = (
+    "ap",
+    "f1",
+    "precision",
+    "recall",
+    "threshold",
+    "positives",
+    "labelled",
+    "unknown",
+)
+"""The per-class columns of presence tables, in order."""
 
 PROBABILITY_TOLERANCE = 1e-4
 """Largest presence probability difference an exported file may show against the eager model."""
@@ -233,17 +245,26 @@ class PresenceTask(Task):
     definitions = PRESENCE_DEFINITIONS
 
     @classmethod
+    def _footer(cls, section: dict) -> tuple[str, ...]:
+        return ("macro mAP", cell(section.get("map")), *[""] * (len(PRESENCE_COLUMNS) - 1))
+
+    @classmethod
+    def report_figures(cls, section: dict) -> dict:
+        """AP and F1 bars per class."""
+        from drivemtl.evaluation.plots import ap_f1_figure
+
+        return {"ap_f1": ap_f1_figure(section["per_class"])}
+
+    @classmethod
+    def text_table(cls, section: dict) -> str:
+        rows = per_class_rows(section["per_class"], PRESENCE_COLUMNS)
+        return "presence\n" + fixed_width([*rows, cls._footer(section)])
+
+    @classmethod
     def markdown(cls, section: dict) -> str:
         """The per-class presence table in Markdown."""
-        cell = markdown_cell
-        head = ["class", *PRESENCE_COLUMNS]
-        lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(PRESENCE_COLUMNS) + "|"]
-        for name, metrics in section["per_class"].items():
-            cells = [cell(metrics.get(k)) for k in PRESENCE_COLUMNS]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        blanks = " |" * (len(PRESENCE_COLUMNS) - 1)
-        lines.append(f"| **macro mAP** | **{cell(section.get('map'))}** |{blanks}")
-        return "\n".join(lines)
+        rows = per_class_rows(section["per_class"], PRESENCE_COLUMNS)
+        return markdown_table(rows, cls._footer(section))
 
     @classmethod
     def read_predictions(cls, predictions: Predictions) -> PresencePredictions | None:
@@ -259,6 +280,7 @@ class PresenceTask(Task):
         return None if inputs.fields is None else evaluate_presence(inputs, inputs.fields)
 
     splits_by_class = True
+    class_thresholds = True
 
     def __init__(
         self, pos_weight: Sequence[float] | None = None, dropout: float = 0.2, stages: int = 2
@@ -297,6 +319,10 @@ class PresenceTask(Task):
             chosen = [report["per_class"][c]["threshold"] for c in metric.classes]
             head.thresholds.copy_(torch.tensor(chosen, dtype=head.thresholds.dtype))
         return report
+
+    def keep_class(self, row: dict, kept: str) -> None:
+        row["presence"] = {kept: row["presence"][kept]}
+        row["present"] = [c for c in row["present"] if c == kept]
 
     def agreement(
         self, expected: Sequence[dict], actual: Sequence[dict]

@@ -10,9 +10,10 @@ so they agree by construction.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drivemtl.data.batch import Batch
-from drivemtl.data.pixel_labels import IGNORE_INDEX, read_class_png
+from drivemtl.data.pixel_labels import IGNORE_INDEX, PixelLabel, read_class_png
 from drivemtl.data.synthetic import SEGMENTATION_CLASSES
 from drivemtl.errors import DriveMTLError
 from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
@@ -28,6 +29,9 @@ from drivemtl.evaluation.maps import MapScoring, score_maps
 from drivemtl.metrics.indexed import IndexedMetric, cat_state
 from drivemtl.models.fpn import FPNDecoder, conv_bn_relu
 from drivemtl.tasks.base import Task, register_task
+
+SEGMENTATION_MAP = PixelLabel("segmentation", read_class_png, fill=IGNORE_INDEX, dtype="int64")
+"""Segmentation ground truth: an 8-bit PNG of class indices, 255 = not annotated."""
 
 PIXEL_TOLERANCE = 1e-3
 """Largest fraction of pixels whose class an exported file may change against the eager model."""
@@ -190,7 +194,8 @@ class SegmentationTask(Task):
     name = "segmentation"
     monitor = "miou"
     monitor_mode = "max"
-    pixel_label = "segmentation"
+    label_map = SEGMENTATION_MAP
+    pixel_label = SEGMENTATION_MAP.key
     map_format = "PNG, class indices"
 
     @classmethod
@@ -344,7 +349,7 @@ class SegmentationTask(Task):
     def pixel_label_options(self) -> dict:
         return {"num_classes": len(self.classes)}
 
-    def run_info(self) -> dict:
+    def run_info(self, options: Mapping[str, Any]) -> dict:
         return {"segmentation_classes": list(self.classes)}
 
     def save_map(self, value: np.ndarray, path: str) -> None:
