@@ -116,9 +116,7 @@ def read_predictions(path: str | Path) -> Predictions:
         lines.append(number)
     prefix = f"  {path}:"  # iter_jsonl's problems read "  path:line: what"
     problems += [(int(t[len(prefix) :].split(":", 1)[0]), t) for t in malformed]
-    if not images and not problems:
-        raise DriveMTLError(f"{path} holds no prediction.")
-    return Predictions(
+    predictions = Predictions(
         path=path,
         images=images,
         rows=rows,
@@ -128,6 +126,10 @@ def read_predictions(path: str | Path) -> Predictions:
         errors=_read_error_images(path.parent / ERRORS),
         problems=problems,
     )
+    if not images:
+        predictions.check()  # every line was bad: say why
+        raise DriveMTLError(f"{path} holds no prediction.")
+    return predictions
 
 
 def _read_run_info(path: Path) -> dict:

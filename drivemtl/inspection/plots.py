@@ -5,6 +5,7 @@ Built on ``matplotlib.figure.Figure`` (Agg canvas): no global backend, no displa
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,14 @@ TITLE = {"positive": "1", "negative": "0", "unknown": "?"}
 
 
 def plot_labels(summary: Summary, settings: InspectSettings, out: Path, title: str = "") -> Path:
-    """Six panels: presence 1 / 0 / ? per class, boxes per class, box sides against the
-    strides, box centres, box widths and heights, depth coverage per image."""
+    """Presence 1 / 0 / ? per class, boxes per class, box sides against the strides, box
+    centres, box widths and heights, and a histogram per label map (depth coverage, ...)."""
     classes = list(settings.classes)
     per_class = summary.report["classes"]
-    fig = Figure(figsize=(15, 8.5), dpi=90)
-    axes = fig.subplots(2, 3).ravel()
+    histograms = {k: h for k, h in summary.map_histograms.items() if len(h[0])}
+    columns = math.ceil((5 + max(1, len(histograms))) / 2)
+    fig = Figure(figsize=(5 * columns, 8.5), dpi=90)
+    axes = fig.subplots(2, columns).ravel()
     x = np.arange(len(classes))
 
     ax = axes[0]
@@ -88,15 +91,16 @@ def plot_labels(summary: Summary, settings: InspectSettings, out: Path, title: s
     ax.set_ylabel("height / image height")
     ax.set_title("box widths and heights")
 
-    ax = axes[5]
-    coverage = summary.depth_coverage
-    if len(coverage):
-        ax.hist(coverage * 100, bins=20, color="tab:purple")
-        ax.set_xlabel("measured pixels, % of the image")
+    for ax, (values, xlabel, name) in zip(axes[5:], histograms.values()):
+        ax.hist(values, bins=20, color="tab:purple")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("images")
-    else:
-        _empty(ax, "no depth maps")
-    ax.set_title("depth coverage")
+        ax.set_title(name)
+    if not histograms:
+        _empty(axes[5], "no label maps")
+        axes[5].set_title("label maps")
+    for ax in axes[5 + max(1, len(histograms)) :]:
+        ax.set_visible(False)
 
     if title:
         fig.suptitle(title)

@@ -8,7 +8,6 @@ run; ``write_inspection`` leaves ``inspect.json``, ``labels.png`` and, when some
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from inspect import signature
@@ -18,7 +17,7 @@ import yaml
 
 from drivemtl.data.manifest import Record, parse_manifest
 from drivemtl.errors import DriveMTLError
-from drivemtl.inspection.scan import FileCheck, check_records
+from drivemtl.inspection.scan import FileCheck, check_records, map_tasks
 from drivemtl.inspection.stats import InspectSettings, Summary, summarise
 
 MAX_PRINTED_PROBLEMS = 20
@@ -29,12 +28,19 @@ def task_strides(tasks: Iterable | None = None) -> tuple[int, ...]:
 
     Args:
         tasks: Built task objects (``MultiTaskModule.tasks.values()``); ``None`` or no
-            detecting task: the strides ``model.tasks.detection: {}`` would train with.
+            detecting task: the default strides of the registered task that has them.
     """
-    from drivemtl.tasks import build_tasks
+    from drivemtl.tasks import TASKS
 
     found = next((t.strides for t in tasks or () if hasattr(t, "strides")), None)
-    return tuple(found or build_tasks({"detection": {}})["detection"].strides)
+    if found is None:  # the default of the first registered task that detects on a grid
+        defaults = (cls() for cls in TASKS.values() if _takes_no_arguments(cls))
+        found = next((t.strides for t in defaults if hasattr(t, "strides")), None)
+    return tuple(found or ())
+
+
+def _takes_no_arguments(cls: type) -> bool:
+    return all(p.default is not p.empty for p in signature(cls).parameters.values())
 
 
 def load_settings(config: str | Path | None = None) -> InspectSettings:
@@ -179,7 +185,7 @@ def source_table(name: str, summary: Summary, settings: InspectSettings) -> str:
     ]
     lines.insert(1, "-" * len(lines[0]))
     h, w = settings.image_size
-    boxes, ignore, depth = r["boxes"], r["ignore_regions"], r["depth"]
+    boxes, ignore = r["boxes"], r["ignore_regions"]
     top = f"{name}: {r['images']} image(s), {r['decoded']} decoded, {r['problems']} problem(s)"
     lines.insert(0, top)
     lines.append(
@@ -192,27 +198,11 @@ def source_table(name: str, summary: Summary, settings: InspectSettings) -> str:
         )
     )
     lines.append(f"ignore regions: {ignore['total']} on {ignore['images']} image(s)")
-    if depth["images"]:
-        cover = depth["coverage_mean"]
-        lines.append(
-            f"depth: {depth['decoded']} of {depth['images']} map(s) decoded, "
-            + (
-                f"{100 * cover:.1f}% of pixels measured on average "
-                f"({100 * depth['coverage_min']:.1f}-{100 * depth['coverage_max']:.1f}%), "
-                f"{_metres(depth['min_m'])}-{_metres(depth['max_m'])} m"
-                if cover is not None
-                else "none readable"
-            )
-        )
-    else:
-        lines.append("depth: none")
+    for key, task in map_tasks().items():
+        lines.append(task.map_line(r[key]) if r[key]["images"] else f"{key}: none")
     lines.append(f"image sizes: {_top(r['image_sizes'])}")
     lines.append(f"modes: {_top(r['modes'])}")
     return "\n".join(lines)
-
-
-def _metres(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.1f}"
 
 
 def _top(counts: dict[str, int], limit: int = 4) -> str:

@@ -1,4 +1,4 @@
-"""Decode every image and depth map of a manifest, in parallel, as training will.
+"""Decode every image and label map of a manifest, in parallel, as training will.
 
 Each record goes through :func:`drivemtl.data.datasets.read_record`, the loader of the
 training dataset, so a file that passes here does not stop a run mid-epoch, and one that fails
@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,20 +30,14 @@ class FileCheck:
         width: Image width as loaded (EXIF applied); 0 when it could not be decoded.
         height: Image height as loaded.
         mode: Pillow mode of the stored image (``RGB``, ``RGBA``, ``L``, ``I;16``, ...).
-        depth_pixels: Pixels of the depth map (0: none, or not decodable).
-        depth_valid: Pixels with a measurement.
-        depth_min: Smallest measured depth in metres (``None`` without one).
-        depth_max: Largest measured depth in metres.
+        maps: What each label map's task measured on it (``Task.measure_map``), by key.
         problem: Why the record cannot be trained on (``None``: fine).
     """
 
     width: int = 0
     height: int = 0
     mode: str = ""
-    depth_pixels: int = 0
-    depth_valid: int = 0
-    depth_min: float | None = None
-    depth_max: float | None = None
+    maps: dict[str, dict] = field(default_factory=dict)
     problem: str | None = None
 
 
@@ -60,19 +54,15 @@ def check_record(record: Record, depth_scale: float = DEPTH_PNG_SCALE) -> FileCh
     except DriveMTLError as e:
         return FileCheck(mode=mode, problem=str(e))
     height, width = image.shape[:2]
-    depth = maps.get("depth")
-    if depth is None:
-        return FileCheck(width, height, mode)
-    valid = depth[depth > 0]
-    return FileCheck(
-        width,
-        height,
-        mode,
-        depth_pixels=int(depth.size),
-        depth_valid=int(valid.size),
-        depth_min=float(valid.min()) if valid.size else None,
-        depth_max=float(valid.max()) if valid.size else None,
-    )
+    measured = {key: map_tasks()[key].measure_map(value) for key, value in maps.items()}
+    return FileCheck(width, height, mode, measured)
+
+
+def map_tasks() -> dict:
+    """The registered task classes that train on a label map, by its key."""
+    from drivemtl.tasks import TASKS
+
+    return {t.pixel_label: t for t in TASKS.values() if t.pixel_label}
 
 
 def _check_quietly(record: Record, depth_scale: float) -> FileCheck:

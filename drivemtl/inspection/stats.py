@@ -1,4 +1,5 @@
-"""What a manifest holds: labels per class, boxes against the detection strides, depth, files.
+"""What a manifest holds: labels per class, boxes against the detection strides, label maps,
+files.
 
 Box sizes are measured where the detector sees them: in network-input pixels, after the plain
 resize of evaluation (each axis scaled by input size / image size), against the location grid
@@ -17,7 +18,7 @@ import torch
 
 from drivemtl.data.labels import NEGATIVE, POSITIVE, UNKNOWN
 from drivemtl.data.manifest import Record
-from drivemtl.inspection.scan import FileCheck
+from drivemtl.inspection.scan import FileCheck, map_tasks
 from drivemtl.models.fcos import boxes_without_centre
 
 
@@ -61,8 +62,8 @@ class Summary:
     """(M, 4) centre x, centre y, width, height of every measured box, as image fractions."""
     box_side: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """(M,) shorter side of every measured box in network-input pixels."""
-    depth_coverage: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    """Fraction of measured pixels of every decoded depth map."""
+    map_histograms: dict[str, tuple[np.ndarray, str, str]] = field(default_factory=dict)
+    """Per label map: ``(values, x label, title)`` of its histogram (``Task.map_histogram``)."""
 
 
 def summarise(
@@ -71,7 +72,7 @@ def summarise(
     settings: InspectSettings,
     problems: Sequence[str] = (),
 ) -> Summary:
-    """Counts per class, box sizes against the strides, ignore regions, depth and files.
+    """Counts per class, box sizes against the strides, ignore regions, label maps, files.
 
     Args:
         records: Parsed manifest entries.
@@ -121,9 +122,14 @@ def summarise(
         }
 
     decoded = [c for c in checks if c.problem is None]
-    depth = [c for c in decoded if c.depth_pixels > 0]
-    coverage = np.array([c.depth_valid / c.depth_pixels for c in depth])
-    measured = [c for c in depth if c.depth_min is not None]
+    maps = {}
+    for key, task in map_tasks().items():
+        measures = [c.maps[key] for c in decoded if key in c.maps]
+        maps[key] = {
+            "images": sum(r.map_path(key) is not None for r in records),
+            "decoded": len(measures),
+            **task.summarise_maps(measures),
+        }
     report = {
         "images": len(records),
         "decoded": len(decoded),
@@ -140,20 +146,16 @@ def summarise(
             "total": sum(len(r.ignore) for r in records),
             "images": sum(bool(r.ignore) for r in records),
         },
-        "depth": {
-            "images": sum(r.map_path("depth") is not None for r in records),
-            "decoded": len(depth),
-            "coverage_mean": float(coverage.mean()) if len(coverage) else None,
-            "coverage_min": float(coverage.min()) if len(coverage) else None,
-            "coverage_max": float(coverage.max()) if len(coverage) else None,
-            "valid_pixels": sum(c.depth_valid for c in depth),
-            "min_m": min((c.depth_min for c in measured), default=None),
-            "max_m": max((c.depth_max for c in measured), default=None),
-        },
+        **maps,
         "image_sizes": dict(Counter(f"{c.width}x{c.height}" for c in decoded).most_common()),
         "modes": dict(Counter(c.mode for c in decoded).most_common()),
     }
-    return Summary(report, box_class, geometry, side, coverage)
+    histograms = {}
+    for key, task in map_tasks().items():
+        found = task.map_histogram([c.maps[key] for c in decoded if key in c.maps])
+        if found is not None:
+            histograms[key] = found
+    return Summary(report, box_class, geometry, side, histograms)
 
 
 def _quantiles(values: np.ndarray) -> dict | None:

@@ -54,18 +54,20 @@ def render_overlay(
     max_side: int = 1280,
     min_box_score: float = 0.0,
     layers: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
+    caption: str = "",
 ) -> torch.Tensor:
     """Draw one prediction on its image.
 
     Args:
         image: (H, W, 3) uint8 array or (3, H, W) uint8 tensor, in original pixels.
-        row: A ``predictions.jsonl`` object (``presence``, ``present``, optional ``boxes``).
+        row: A ``predictions.jsonl`` object (its ``boxes`` are drawn).
         classes: Class order, for colours.
         max_side: Longer side of the picture; larger images are scaled down (boxes with them).
         min_box_score: Boxes scoring below this are not drawn (the detection operating point;
             ``predictions.jsonl`` also lists the low-scored boxes that AP needs).
         layers: Drawn first, in original pixels: each takes and returns the (H, W, 3) uint8
             picture (a map task's :meth:`~drivemtl.tasks.base.Task.draw_overlay`).
+        caption: Text in the top-left corner (the tasks' :meth:`~drivemtl.tasks.base.Task.caption`).
 
     Returns:
         (3, h, w) uint8 tensor.
@@ -89,17 +91,10 @@ def render_overlay(
         labels = [f"{b[4]} {b[5]:.2f}" if len(b) > 5 else str(b[4]) for b in boxes]
         image = _draw(image, coords, labels, [_colour(classes, b[4]) for b in boxes], width=2)
 
-    # The presence banner: a tiny anchor box whose label is the multi-line text.
-    probs = row.get("presence", {})
-    present = row.get("present", [])
-    if present:
-        text = "\n".join(f"{c} {probs.get(c, float('nan')):.2f}" for c in present)
-    elif probs:
-        top = max(probs, key=probs.get)
-        text = f"none present (top: {top} {probs[top]:.2f})"
-    else:
-        text = "no presence output"
-    return _draw(image, [[2, 2, 3, 3]], [text], ["black"], width=0)
+    if not caption:
+        return image
+    # The caption: a tiny anchor box whose label is the multi-line text.
+    return _draw(image, [[2, 2, 3, 3]], [caption], ["black"], width=0)
 
 
 def write_overlay(
@@ -110,11 +105,14 @@ def write_overlay(
     max_side: int = 1280,
     min_box_score: float = 0.0,
     layers: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
+    caption: str = "",
 ) -> str:
     """Decode ``source`` again (EXIF-rotated, as for prediction), draw ``row``, write a JPEG."""
     # Strings, not Path: pathlib would intern every distinct folder and file name for good.
     out = os.fspath(out)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    picture = render_overlay(load_rgb(source), row, classes, max_side, min_box_score, layers)
+    picture = render_overlay(
+        load_rgb(source), row, classes, max_side, min_box_score, layers, caption
+    )
     write_jpeg(picture, out, quality=90)
     return out

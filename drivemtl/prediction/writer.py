@@ -147,6 +147,7 @@ class PredictionWriter(BasePredictionWriter):
         self._predictions: LineAppender | None = None
         self._errors: LineAppender | None = None
         self._shared_stems: set[str] = set()
+        self._tasks: list = []
         self._map_tasks: dict = {}
         self._started = 0.0
         self._completed = False
@@ -177,11 +178,8 @@ class PredictionWriter(BasePredictionWriter):
 
         dataset = trainer.datamodule.datasets["predict"]
         self.stats.found = len(dataset.images)
-        self._map_tasks = {
-            task.pixel_label: task
-            for task in getattr(pl_module, "tasks", {}).values()
-            if task.pixel_label
-        }
+        self._tasks = list(getattr(pl_module, "tasks", {}).values())
+        self._map_tasks = {task.pixel_label: task for task in self._tasks if task.pixel_label}
         self.stats.maps = dict.fromkeys(self._map_tasks, 0)
         if self._map_tasks:
             self._shared_stems = _shared_stems(self._relative(p) for p in dataset.images)
@@ -417,6 +415,7 @@ class PredictionWriter(BasePredictionWriter):
                 self.overlay_max_side,
                 min_box_score=self.info.get("box_score_threshold", 0.0),
                 layers=layers,
+                caption="\n".join(c for t in self._tasks if (c := t.caption(row))),
             )
         except Exception:  # a picture is a convenience: never lose the prediction over it
             self.stats.overlay_failed += 1

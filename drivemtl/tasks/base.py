@@ -135,9 +135,37 @@ class Task(ABC):
         """An (H, W, 3) uint8 colour picture of a predicted map."""
         raise NotImplementedError(f"task {self.name!r} has no map to preview")
 
+    def caption(self, row: dict) -> str:
+        """The task's lines of an overlay's caption for a prediction row (default: none)."""
+        return ""
+
     def draw_overlay(self, picture: np.ndarray, value: np.ndarray) -> np.ndarray:
         """The (H, W, 3) uint8 ``picture`` with the predicted map drawn on it (default: as is)."""
         return picture
+
+    # ``drivemtl inspect``: what a manifest's label maps hold (class-level, for tasks with a
+    # ``label_map``; measures travel between processes, so plain data).
+
+    @classmethod
+    def measure_map(cls, value: np.ndarray) -> dict:
+        """Numbers of one decoded label map (depth: measured pixels, range)."""
+        return {}
+
+    @classmethod
+    def summarise_maps(cls, measures: list[dict]) -> dict:
+        """The task's ``inspect.json`` section from every decoded map's measures (after
+        ``images`` and ``decoded``, which every map section has)."""
+        return {}
+
+    @classmethod
+    def map_line(cls, section: dict) -> str:
+        """The task's line of ``inspect``'s table, from its section."""
+        return f"{cls.pixel_label}: {section['decoded']} of {section['images']} map(s) decoded"
+
+    @classmethod
+    def map_histogram(cls, measures: list[dict]) -> tuple[np.ndarray, str, str] | None:
+        """``(values per map, x label, title)`` for ``labels.png``, or ``None``."""
+        return None
 
     # Offline evaluation (``drivemtl evaluate``): class-level, no model is built.
 

@@ -51,6 +51,11 @@ def _read_depth(path: str, options: Mapping[str, Any]) -> np.ndarray:
 DEPTH_MAP = PixelLabel("depth", _read_depth, fill=0.0, dtype="float32", zoom_scaled=True)
 """Depth ground truth: metres (0 = no measurement), divided by a scale-crop's zoom."""
 
+
+def _metres(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.1f}"
+
+
 DEPTH_TOLERANCE = 1e-3
 """Largest relative depth difference an exported file may show against the eager model."""
 
@@ -267,6 +272,50 @@ class DepthTask(Task):
         return {"depth, max relative difference": (gap, DEPTH_TOLERANCE)}
 
     map_format = "PNG, metres x 256"
+
+    @classmethod
+    def measure_map(cls, value: np.ndarray) -> dict:
+        valid = value[value > 0]
+        return {
+            "pixels": int(value.size),
+            "valid": int(valid.size),
+            "min_m": float(valid.min()) if valid.size else None,
+            "max_m": float(valid.max()) if valid.size else None,
+        }
+
+    @classmethod
+    def summarise_maps(cls, measures: list[dict]) -> dict:
+        """Measured fraction per map (mean, min, max), measured pixels, depth range."""
+        coverage = np.array([m["valid"] / m["pixels"] for m in measures if m["pixels"]])
+        lows = [m["min_m"] for m in measures if m["min_m"] is not None]
+        highs = [m["max_m"] for m in measures if m["max_m"] is not None]
+        return {
+            "coverage_mean": float(coverage.mean()) if len(coverage) else None,
+            "coverage_min": float(coverage.min()) if len(coverage) else None,
+            "coverage_max": float(coverage.max()) if len(coverage) else None,
+            "valid_pixels": sum(m["valid"] for m in measures),
+            "min_m": min(lows, default=None),
+            "max_m": max(highs, default=None),
+        }
+
+    @classmethod
+    def map_line(cls, section: dict) -> str:
+        cover = section["coverage_mean"]
+        if cover is None:
+            return (
+                f"depth: {section['decoded']} of {section['images']} map(s) decoded, none readable"
+            )
+        return (
+            f"depth: {section['decoded']} of {section['images']} map(s) decoded, "
+            f"{100 * cover:.1f}% of pixels measured on average "
+            f"({100 * section['coverage_min']:.1f}-{100 * section['coverage_max']:.1f}%), "
+            f"{_metres(section['min_m'])}-{_metres(section['max_m'])} m"
+        )
+
+    @classmethod
+    def map_histogram(cls, measures: list[dict]) -> tuple[np.ndarray, str, str]:
+        coverage = np.array([100 * m["valid"] / m["pixels"] for m in measures if m["pixels"]])
+        return coverage, "measured pixels, % of the image", "depth coverage"
 
     @classmethod
     def evaluate_files(cls, inputs: EvaluationInputs) -> TaskEvaluation | None:

@@ -320,6 +320,14 @@ class PresenceTask(Task):
             head.thresholds.copy_(torch.tensor(chosen, dtype=head.thresholds.dtype))
         return report
 
+    def caption(self, row: dict) -> str:
+        """The present classes with their probabilities, else the most likely one."""
+        probs, present = row["presence"], row["present"]
+        if present:
+            return "\n".join(f"{c} {probs.get(c, float('nan')):.2f}" for c in present)
+        top = max(probs, key=probs.get)
+        return f"none present (top: {top} {probs[top]:.2f})"
+
     def keep_class(self, row: dict, kept: str) -> None:
         row["presence"] = {kept: row["presence"][kept]}
         row["present"] = [c for c in row["present"] if c == kept]

@@ -199,6 +199,41 @@ class SegmentationTask(Task):
     map_format = "PNG, class indices"
 
     @classmethod
+    def measure_map(cls, value: np.ndarray) -> dict:
+        counts = np.bincount(value.ravel(), minlength=IGNORE_INDEX + 1)
+        return {
+            "pixels": int(value.size),
+            "counts": {int(i): int(counts[i]) for i in np.flatnonzero(counts[:IGNORE_INDEX])},
+        }
+
+    @classmethod
+    def summarise_maps(cls, measures: list[dict]) -> dict:
+        """Annotated fraction per mask (mean), annotated pixels per class index."""
+        annotated = [sum(m["counts"].values()) / m["pixels"] for m in measures if m["pixels"]]
+        per_index: dict[int, int] = {}
+        for m in measures:
+            for index, count in m["counts"].items():
+                per_index[index] = per_index.get(index, 0) + count
+        return {
+            "annotated_mean": float(np.mean(annotated)) if annotated else None,
+            "pixels_per_index": {str(i): per_index[i] for i in sorted(per_index)},
+        }
+
+    @classmethod
+    def map_line(cls, section: dict) -> str:
+        line = f"segmentation: {section['decoded']} of {section['images']} mask(s) decoded"
+        if section["annotated_mean"] is None:
+            return line + ", none readable"
+        indices = [int(i) for i in section["pixels_per_index"]]
+        seen = f"class indices {min(indices)}-{max(indices)} seen" if indices else "no class"
+        return line + f", {100 * section['annotated_mean']:.1f}% of pixels annotated, {seen}"
+
+    @classmethod
+    def map_histogram(cls, measures: list[dict]) -> tuple[np.ndarray, str, str]:
+        values = [100 * sum(m["counts"].values()) / m["pixels"] for m in measures if m["pixels"]]
+        return np.array(values), "annotated pixels, % of the image", "segmentation masks"
+
+    @classmethod
     def evaluate_files(cls, inputs: EvaluationInputs) -> TaskEvaluation | None:
         """Predicted masks against the manifest's (:func:`evaluate_segmentation`), in the class
         list ``run.json`` records (else the default one)."""
