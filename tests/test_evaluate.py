@@ -275,4 +275,4 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     bare = write_jsonl(tmp_path / "bare.jsonl", [{"image": "img/i0.png"}])
     assert _evaluate(bare, manifest, tmp_path / "e6") == 2
     err = capsys.readouterr().err
-    assert f"Nothing to evaluate: no task" in err and str(bare) in err and "Traceback" not in err
+    assert "Nothing to evaluate: no task" in err and str(bare) in err and "Traceback" not in err

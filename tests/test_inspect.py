@@ -13,6 +13,7 @@ from PIL import Image
 
 from drivemtl.cli import main
 from drivemtl.inspection import InspectSettings, inspect_manifests, load_settings
+from drivemtl.inspection.report import source_table
 from drivemtl.models.fcos import assign_targets, boxes_without_centre, make_locations
 from tests.conftest import CLASSES, require_shared_data, write_image, write_jsonl
 
@@ -217,6 +218,30 @@ def test_box_statistics_by_hand(tmp_path):
     assert result["depth"]["coverage_mean"] == pytest.approx(0.25)
     assert result["depth"]["min_m"] == result["depth"]["max_m"] == pytest.approx(10.0)
     assert result["image_sizes"] == {"64x32": 2} and result["modes"] == {"RGB": 2}
+
+
+def test_segmentation_masks_by_hand(tmp_path):
+    """The mask section counts annotated pixels per class index; 255 is not annotated."""
+    write_image(tmp_path / "a.png", 8, 4)
+    write_image(tmp_path / "b.png", 8, 4)
+    mask = np.full((4, 8), 255, dtype=np.uint8)
+    mask[:2, :] = 0  # 16 road pixels
+    mask[2, :4] = 3  # 4 pixels of class 3; 12 not annotated: half the mask annotated
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    manifest = write_jsonl(
+        tmp_path / "m.jsonl", [{"image": "a.png", "segmentation": "m.png"}, {"image": "b.png"}]
+    )
+    settings = InspectSettings(tuple(CLASSES), (4, 8), (4, 8), 256.0)
+    result = inspect_manifests([manifest], settings)
+    section = result.total.report["segmentation"]
+    assert (section["images"], section["decoded"]) == (1, 1)
+    assert section["annotated_mean"] == pytest.approx(20 / 32)
+    assert section["pixels_per_index"] == {"0": 16, "3": 4}
+    text = source_table("m", result.total, settings)
+    assert "segmentation: 1 of 1 mask(s) decoded, 62.5% of pixels annotated, class indices 0-3" in (
+        text
+    )
+    assert "depth: none" in text
 
 
 def test_settings_from_a_training_config(tmp_path):

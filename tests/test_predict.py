@@ -3,6 +3,7 @@ threshold overrides, kill-and-resume, agreement with ``drivemtl test``, and real
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -434,3 +435,41 @@ def test_real_images_predict_then_evaluate(trained, tmp_path, capsys):
     assert per_class["car"]["positives"] > 0 and per_class["car"]["ap"] is not None
     for name in ("report.md", "ap_f1.png", "pr_curves/car.png", "pr_curves/cyclist.png"):
         assert (evaluation / name).is_file(), name
+
+
+def test_csv_has_a_column_per_field_of_the_rows(tmp_path):
+    """Probabilities spread per class, names joined, boxes as JSON, map paths as they are."""
+    from drivemtl.prediction.files import jsonl_to_csv
+
+    rows = [
+        {"image": "a.png", "presence": {"car": 0.9, "bus": 0.1}, "present": ["car"],
+         "boxes": [[1, 2, 3, 4, "car", 0.8]], "segmentation": "segmentation/a.png"},
+        {"image": "b.png", "presence": {"car": 0.2, "bus": 0.7}, "present": [],
+         "boxes": [], "segmentation": None},
+    ]  # fmt: skip
+    source = tmp_path / "p.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with open(jsonl_to_csv(source, tmp_path / "p.csv"), newline="") as f:
+        table = list(csv.reader(f))
+    assert table == [
+        ["image", "car", "bus", "present", "boxes", "segmentation"],
+        ["a.png", "0.9", "0.1", "car", '[[1, 2, 3, 4, "car", 0.8]]', "segmentation/a.png"],
+        ["b.png", "0.2", "0.7", "", "", ""],
+    ]
+    assert not (tmp_path / "p.csv.partial").exists()
+
+
+def test_overlay_caption_and_threshold_overrides_follow_the_tasks():
+    from drivemtl.errors import DriveMTLError
+    from drivemtl.prediction.thresholds import apply_thresholds
+    from drivemtl.tasks import build_tasks
+
+    tasks = build_tasks({"presence": {}, "depth": {}})
+    row = {"presence": {"car": 0.91, "bus": 0.4}, "present": ["car"]}
+    assert [t.caption(row) for t in tasks.values()] == ["car 0.91", ""]
+    row["present"] = []
+    assert tasks["presence"].caption(row) == "none present (top: car 0.91)"
+    depth_only = build_tasks({"depth": {}})
+    assert apply_thresholds(depth_only, {}, ["car"], {}) == {}
+    with pytest.raises(DriveMTLError, match=r"--thresholds needs a model with a task that has "):
+        apply_thresholds(depth_only, {}, ["car"], {"car": 0.3})

@@ -150,6 +150,33 @@ def test_a_task_from_another_package_registers_through_its_entry_point(monkeypat
         TASKS.pop("plugin_presence")
 
 
+def test_a_plugin_task_brings_its_label_map_into_manifests(tmp_path):
+    """A task of another package with a new kind of map: its manifest key is read, no edit."""
+    from drivemtl.data.manifest import read_manifest
+    from drivemtl.data.pixel_labels import PixelLabel, pixel_labels
+    from drivemtl.errors import DriveMTLError
+    from drivemtl.tasks import register_task
+
+    normals = PixelLabel("normals", lambda path, options: np.zeros((2, 2)), 0.0, "float32")
+
+    class NormalsTask(TASKS["depth"]):
+        name = "normals"
+        pixel_label = "normals"
+        label_map = normals
+
+    (tmp_path / "m.jsonl").write_text('{"image": "a.png", "normals": "n.png"}\n')
+    with pytest.raises(DriveMTLError, match=r"unknown key\(s\) \['normals'\]"):
+        read_manifest(tmp_path / "m.jsonl", CLASSES, check_files=False)
+    register_task(NormalsTask)
+    try:
+        assert pixel_labels()["normals"] is normals
+        (record,) = read_manifest(tmp_path / "m.jsonl", CLASSES, check_files=False)
+        assert record.map_path("normals") == str(tmp_path / "n.png")
+    finally:
+        TASKS.pop("normals")
+        PIXEL_LABELS.pop("normals")
+
+
 def test_a_task_name_cannot_be_taken_twice():
     from drivemtl.tasks import register_task
 

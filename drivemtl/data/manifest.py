@@ -24,7 +24,11 @@ from drivemtl.data.pixel_labels import pixel_labels
 from drivemtl.errors import DriveMTLError
 from drivemtl.jsonl import BadJSON, loads, read_lines
 
-BASE_KEYS = ("image", "presence", "boxes", "ignore", "meta")
+LABELS_KEY = "presence"
+"""The JSONL key of an image's class labels (``{class: 1 | 0 | "?"}``; a CSV's class columns):
+the partial labels every class-level task reads (presence, and detection's known classes)."""
+
+BASE_KEYS = ("image", LABELS_KEY, "boxes", "ignore", "meta")
 """The JSONL keys of every manifest; the tasks' label maps add theirs (:func:`jsonl_keys`)."""
 
 
@@ -314,9 +318,9 @@ class _EntryParser:
         if entry.get("boxes") is not None:
             boxes = self.boxes(entry["boxes"], image if check else None)
 
-        explicit = entry.get("presence") or {}
+        explicit = entry.get(LABELS_KEY) or {}
         if not isinstance(explicit, dict):
-            raise _LineError("'presence' must be an object mapping class name to 1, 0 or '?'")
+            raise _LineError(f"{LABELS_KEY!r} must be an object mapping class name to 1, 0 or '?'")
         for name in explicit:
             _class_index(name, self.index)
         if boxes is not None:
@@ -394,3 +398,34 @@ def write_manifest(entries: Iterable[dict], path: str | Path) -> Path:
         for entry in entries:
             f.write(json.dumps(entry) + "\n")
     return path
+
+
+def manifest_classes(path: str | Path) -> list[str]:
+    """Class names a manifest mentions (CSV header; JSONL presence keys and box classes).
+
+    Malformed lines are skipped here; :func:`read_manifest` reports them afterwards.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DriveMTLError(f"Manifest not found: {path}")
+    names: dict[str, None] = {}
+    lines = (text for _, text in read_lines(path))
+    if path.suffix.lower() == ".csv":
+        try:
+            header = next(csv.reader(lines), [])
+        except csv.Error:
+            header = []  # read_manifest reports it
+        return [h.strip() for h in header[1:] if h.strip()]
+    for line in lines:
+        try:
+            obj = loads(line)
+        except BadJSON:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        if isinstance(obj.get(LABELS_KEY), dict):
+            names.update(dict.fromkeys(str(k) for k in obj[LABELS_KEY]))
+        for box in obj.get("boxes") or []:
+            if isinstance(box, list) and len(box) >= 5 and isinstance(box[4], str):
+                names[box[4]] = None
+    return list(names)

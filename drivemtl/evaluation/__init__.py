@@ -11,7 +11,7 @@ from drivemtl.evaluation.cli import build_parser, main
 _EXPORTS = {
     "Evaluation": "drivemtl.evaluation.evaluate",
     "evaluate": "drivemtl.evaluation.evaluate",
-    "manifest_classes": "drivemtl.evaluation.evaluate",
+    "manifest_classes": "drivemtl.data.manifest",
     "MatchResult": "drivemtl.evaluation.matching",
     "manifest_image": "drivemtl.evaluation.matching",
     "match_images": "drivemtl.evaluation.matching",

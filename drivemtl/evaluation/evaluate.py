@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from drivemtl.data.io import DEPTH_PNG_SCALE
-from drivemtl.data.manifest import Record, read_manifest
+from drivemtl.data.manifest import Record, manifest_classes, read_manifest
 from drivemtl.errors import DriveMTLError
 from drivemtl.evaluation.inputs import EvaluationInputs
 from drivemtl.evaluation.matching import MatchResult, manifest_image, match_images
 from drivemtl.evaluation.predictions import Predictions, read_predictions
 from drivemtl.evaluation.report import write_report
-from drivemtl.jsonl import BadJSON, loads, read_lines
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH
 from drivemtl.prediction.files import write_json
 from drivemtl.reporting import write_metrics
@@ -36,37 +34,6 @@ class Evaluation:
     report: dict
     matching: dict
     output_dir: Path
-
-
-def manifest_classes(path: str | Path) -> list[str]:
-    """Class names a manifest mentions (CSV header; JSONL presence keys and box classes).
-
-    Malformed lines are skipped here; :func:`read_manifest` reports them afterwards.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DriveMTLError(f"Manifest not found: {path}")
-    names: dict[str, None] = {}
-    lines = (text for _, text in read_lines(path))
-    if path.suffix.lower() == ".csv":
-        try:
-            header = next(csv.reader(lines), [])
-        except csv.Error:
-            header = []  # read_manifest reports it
-        return [h.strip() for h in header[1:] if h.strip()]
-    for line in lines:
-        try:
-            obj = loads(line)
-        except BadJSON:
-            continue
-        if not isinstance(obj, dict):
-            continue
-        if isinstance(obj.get("presence"), dict):
-            names.update(dict.fromkeys(str(k) for k in obj["presence"]))
-        for box in obj.get("boxes") or []:
-            if isinstance(box, list) and len(box) >= 5 and isinstance(box[4], str):
-                names[box[4]] = None
-    return list(names)
 
 
 def _read_manifests(paths: Sequence[Path], classes: list[str]) -> tuple[list, list, list]:

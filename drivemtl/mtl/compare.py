@@ -12,11 +12,11 @@ the single-task models on average.
 
 Metric keys are paths in ``metrics.json`` with the ``per_class`` level left out:
 ``presence/map``, ``presence/pedestrian/ap``, ``detection/map``, ``detection/car/ap50``,
-``depth/abs_rel``. Without ``--metrics``, each single-task file gives its main metrics: the AP of
-its class for a single-class presence run (else ``presence/map``), ``detection/map``,
-``depth/abs_rel`` and ``segmentation/miou``.
+``depth/abs_rel``. Without ``--metrics``, each single-task file gives its main metrics, as its
+task names them: the AP of its class for a single-class presence run (else ``presence/map``),
+``detection/map``, ``depth/abs_rel``, ``segmentation/miou``.
 
-This module needs no torch: the command starts fast.
+``compare --help`` needs no torch; the default metrics come from the task registry, which does.
 """
 
 from __future__ import annotations
@@ -70,25 +70,19 @@ def flatten(report: Mapping, prefix: str = "") -> dict[str, float | None]:
     return out
 
 
-MAIN_METRICS = {"presence": "map", "detection": "map", "depth": "abs_rel", "segmentation": "miou"}
-"""Each task's main metric: its ``Task.monitor``, except detection's COCO mAP (IoU 0.5:0.95)
-where checkpoints keep mAP@0.5. Kept here so that ``compare`` needs no torch; checked against
-the registered tasks by ``tests/mtl/test_mtl_compare.py``."""
-
-
 def default_metrics(report: Mapping, path: str) -> list[str]:
-    """The main metric of each task section of a single-task ``metrics.json``."""
+    """The main metrics of each task section of a single-task ``metrics.json``, as each task
+    names them (:meth:`~drivemtl.tasks.base.Task.main_metrics`)."""
+    from drivemtl.tasks import TASKS  # torch: only when no --metrics are given
+
     keys = []
     for section, content in report.items():
-        if section not in MAIN_METRICS:
+        task = TASKS.get(section)
+        if task is None:
             raise DriveMTLError(
                 f"{path}: no default metric for section {section!r}; name them with --metrics."
             )
-        classes = list((content or {}).get("per_class", {}))
-        if section == "presence" and len(classes) == 1:  # one class: its own AP
-            keys.append(f"presence/{classes[0]}/ap")
-        else:
-            keys.append(f"{section}/{MAIN_METRICS[section]}")
+        keys += [f"{section}/{metric}" for metric in task.main_metrics(content or {})]
     return keys
 
 
@@ -102,7 +96,7 @@ def load_metrics(path: str | Path) -> dict:
     if bad:
         raise DriveMTLError(
             f"{path}: section(s) {bad} are not objects of metrics; expected a drivemtl "
-            'metrics.json such as {"presence": {"map": ..., "per_class": {...}}}'
+            "metrics.json: {task: {metric: value, ..., per_class: {class: {...}}}}"
         )
     return report
 

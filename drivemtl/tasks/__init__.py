@@ -23,6 +23,9 @@ from drivemtl.tasks.segmentation import SegmentationTask
 
 ENTRY_POINT_GROUP = "drivemtl.tasks"
 
+DEFAULT_TASKS = {"presence": {}}
+"""``model.tasks`` when a config names none."""
+
 
 def load_task_plugins() -> list[str]:
     """Register the tasks other installed packages declare in :data:`ENTRY_POINT_GROUP`.
@@ -67,6 +70,7 @@ def build_tasks(spec: Mapping[str, Mapping | None]) -> dict[str, Task]:
 
 
 __all__ = [
+    "DEFAULT_TASKS",
     "TASKS",
     "DepthTask",
     "DetectionTask",

@@ -196,6 +196,12 @@ class Task(ABC):
         return []
 
     @classmethod
+    def main_metrics(cls, section: dict) -> list[str]:
+        """The metrics ``compare`` scores a single-task run of the task on, as keys within
+        its section (``per_class`` left out); default: the checkpoint's ``monitor``."""
+        return [cls.monitor]
+
+    @classmethod
     def report_figures(cls, section: dict) -> dict[str, Any]:
         """Matplotlib figures of the task's report section for the image loggers, by name."""
         return {}

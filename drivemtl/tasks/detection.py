@@ -169,6 +169,11 @@ class DetectionTask(Task):
         return ("mean", cell(section.get("map50")), cell(section.get("map")), *blanks)
 
     @classmethod
+    def main_metrics(cls, section: dict) -> list[str]:
+        """COCO mAP (IoU 0.5:0.95), stricter than the checkpoints' mAP@0.5."""
+        return ["map"]
+
+    @classmethod
     def text_table(cls, section: dict) -> str:
         """The per-class table as fixed-width text, with mAP@0.5 and mAP below."""
         rows = per_class_rows(section["per_class"], DETECTION_COLUMNS)

@@ -249,6 +249,12 @@ class PresenceTask(Task):
         return ("macro mAP", cell(section.get("map")), *[""] * (len(PRESENCE_COLUMNS) - 1))
 
     @classmethod
+    def main_metrics(cls, section: dict) -> list[str]:
+        """A single-class run (a baseline of one class): its own AP; else the mean AP."""
+        classes = list(section.get("per_class", {}))
+        return [f"{classes[0]}/ap"] if len(classes) == 1 else ["map"]
+
+    @classmethod
     def report_figures(cls, section: dict) -> dict:
         """AP and F1 bars per class."""
         from drivemtl.evaluation.plots import ap_f1_figure

@@ -96,14 +96,16 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, multi, single, extra, mess
     assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_every_task_has_a_default_metric_for_compare():
-    """A registered task without one would make ``compare`` refuse its metrics.json."""
-    from drivemtl.mtl.compare import MAIN_METRICS
+def test_every_task_names_metrics_its_report_has():
+    """compare's default metrics come from each task: keys of the section a test run writes."""
+    from drivemtl.mtl.compare import default_metrics, flatten
     from drivemtl.tasks import TASKS
 
-    assert set(MAIN_METRICS) == set(TASKS)
     for name, task in TASKS.items():
-        # The checkpoint monitor, except detection: compare scores the stricter COCO mAP
-        # (IoU 0.5:0.95), checkpoints keep the highest mAP@0.5.
-        expected = "map" if name == "detection" else task.monitor
-        assert MAIN_METRICS[name] == expected, name
+        assert task.main_metrics({"per_class": {"a": {}, "b": {}}}), name
+    one = {"presence": {"map": 0.4, "per_class": {"car": {"ap": 0.4}}}}
+    assert default_metrics(one, "x") == ["presence/car/ap"] and "presence/car/ap" in flatten(one)
+    two = {"presence": {"map": 0.5, "per_class": TWO_CLASSES}, "detection": {"map": 0.2}}
+    assert default_metrics(two, "x") == ["presence/map", "detection/map"]
+    assert default_metrics({"depth": {"abs_rel": 0.1}}, "x") == ["depth/abs_rel"]
+    assert default_metrics({"segmentation": {"miou": 0.7}}, "x") == ["segmentation/miou"]
