@@ -271,6 +271,11 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     assert f"{mixed}:2: 'presence' is missing or extra: line 1 has 'presence'" in (
         capsys.readouterr().err
     )
+    # Presence that is not an object on line 1: a message, not a traceback.
+    null = write_jsonl(tmp_path / "null.jsonl", [{"image": "img/i0.png", "presence": None}])
+    assert _evaluate(null, manifest, tmp_path / "e7") == 2
+    err = capsys.readouterr().err
+    assert f"{null}:1: 'presence' must be an object" in err and "Traceback" not in err
     # No presence, and the manifest has no boxes or depth: nothing can be scored.
     bare = write_jsonl(tmp_path / "bare.jsonl", [{"image": "img/i0.png"}])
     assert _evaluate(bare, manifest, tmp_path / "e6") == 2

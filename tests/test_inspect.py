@@ -244,6 +244,13 @@ def test_segmentation_masks_by_hand(tmp_path):
     assert "depth: none" in text
 
 
+def test_default_strides_are_those_detection_trains_with():
+    from drivemtl.inspection import task_strides
+    from drivemtl.tasks import build_tasks
+
+    assert task_strides() == build_tasks({"detection": {}})["detection"].strides == (4, 8, 16)
+
+
 def test_settings_from_a_training_config(tmp_path):
     demo = load_settings("configs/demo_detection.yaml")
     assert demo.strides == (4, 8, 16) and demo.image_size == (128, 224)

@@ -437,10 +437,12 @@ def test_real_images_predict_then_evaluate(trained, tmp_path, capsys):
         assert (evaluation / name).is_file(), name
 
 
-def test_csv_has_a_column_per_field_of_the_rows(tmp_path):
-    """Probabilities spread per class, names joined, boxes as JSON, map paths as they are."""
+def test_csv_has_each_tasks_columns(tmp_path):
+    """Probabilities per class, names joined, boxes as JSON (``[]`` too), map paths as is."""
     from drivemtl.prediction.files import jsonl_to_csv
+    from drivemtl.tasks import build_tasks
 
+    tasks = build_tasks({"presence": {}, "detection": {}, "segmentation": {}}).values()
     rows = [
         {"image": "a.png", "presence": {"car": 0.9, "bus": 0.1}, "present": ["car"],
          "boxes": [[1, 2, 3, 4, "car", 0.8]], "segmentation": "segmentation/a.png"},
@@ -449,14 +451,18 @@ def test_csv_has_a_column_per_field_of_the_rows(tmp_path):
     ]  # fmt: skip
     source = tmp_path / "p.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with open(jsonl_to_csv(source, tmp_path / "p.csv"), newline="") as f:
+    with open(jsonl_to_csv(source, tmp_path / "p.csv", tasks, ["car", "bus"]), newline="") as f:
         table = list(csv.reader(f))
     assert table == [
         ["image", "car", "bus", "present", "boxes", "segmentation"],
         ["a.png", "0.9", "0.1", "car", '[[1, 2, 3, 4, "car", 0.8]]', "segmentation/a.png"],
-        ["b.png", "0.2", "0.7", "", "", ""],
+        ["b.png", "0.2", "0.7", "", "[]", ""],
     ]
     assert not (tmp_path / "p.csv.partial").exists()
+    # No prediction (every image failed): the header alone.
+    source.write_text("")
+    with open(jsonl_to_csv(source, tmp_path / "e.csv", tasks, ["car"]), newline="") as f:
+        assert list(csv.reader(f)) == [["image", "car", "present", "boxes", "segmentation"]]
 
 
 def test_overlay_caption_and_threshold_overrides_follow_the_tasks():
@@ -471,5 +477,5 @@ def test_overlay_caption_and_threshold_overrides_follow_the_tasks():
     assert tasks["presence"].caption(row) == "none present (top: car 0.91)"
     depth_only = build_tasks({"depth": {}})
     assert apply_thresholds(depth_only, {}, ["car"], {}) == {}
-    with pytest.raises(DriveMTLError, match=r"--thresholds needs a model with a task that has "):
+    with pytest.raises(DriveMTLError, match=r"--thresholds needs a model with a presence head"):
         apply_thresholds(depth_only, {}, ["car"], {"car": 0.3})

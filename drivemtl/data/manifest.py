@@ -295,6 +295,7 @@ class _EntryParser:
     def __init__(self, path: Path, classes: list[str], check: bool):
         self.path, self.base, self.check = str(path), str(path.parent), check
         self.keys = jsonl_keys()
+        self.map_keys = tuple(pixel_labels())
         self.classes = classes
         self.index = {name: i for i, name in enumerate(classes)}
 
@@ -334,7 +335,7 @@ class _EntryParser:
 
         maps = tuple(
             (key, _resolve(self.base, entry[key], key, check))
-            for key in pixel_labels()
+            for key in self.map_keys
             if entry.get(key) is not None
         )
         ignore = ()

@@ -1,6 +1,7 @@
 """Offline evaluation: ``drivemtl evaluate`` scores any predictions.jsonl against a manifest.
 
-The numbers come from :func:`drivemtl.metrics.presence_report`, like ``drivemtl test``'s.
+Each task scores its own fields with the metric of training (``Task.evaluate_files``), so the
+numbers are ``drivemtl test``'s.
 Names load lazily, so ``drivemtl evaluate --help`` answers without importing torch.
 """
 

@@ -24,9 +24,8 @@ class Evaluation:
     """What :func:`evaluate` computed and wrote.
 
     Attributes:
-        report: The ``metrics.json`` content: ``presence`` when the predictions have it,
-            ``detection`` / ``depth`` when the manifest and the predictions both have boxes /
-            depth maps.
+        report: The ``metrics.json`` content: a section per task that found its fields in
+            the predictions and, where it needs them, labels in the manifest.
         matching: The ``matching.json`` content (counts and unmatched names).
         output_dir: Where the files are.
     """

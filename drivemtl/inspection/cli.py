@@ -17,9 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="drivemtl inspect",
         description="Check manifests before training: parse them as training does, decode "
-        "every image and depth map, and summarise labels, boxes (against the detection "
-        "strides), ignore regions, depth and image files. Writes inspect.json, labels.png "
-        "and, when files are bad, problems.txt; exits with status 2 when any entry or file "
+        "every image and label map, and summarise labels, boxes (against the detection "
+        "strides), ignore regions, label maps (depth, masks) and image files. Writes "
+        "inspect.json, labels.png and, when files are bad, problems.txt; exits with status 2 "
+        "when any entry or file "
         "would stop training.",
     )
     parser.add_argument("--manifest", nargs="+", required=True, type=Path, help="CSV or JSONL")

@@ -34,13 +34,8 @@ def task_strides(tasks: Iterable | None = None) -> tuple[int, ...]:
 
     found = next((t.strides for t in tasks or () if hasattr(t, "strides")), None)
     if found is None:  # the default of the first registered task that detects on a grid
-        defaults = (cls() for cls in TASKS.values() if _takes_no_arguments(cls))
-        found = next((t.strides for t in defaults if hasattr(t, "strides")), None)
-    return tuple(found or ())
-
-
-def _takes_no_arguments(cls: type) -> bool:
-    return all(p.default is not p.empty for p in signature(cls).parameters.values())
+        found = next((c.default_strides for c in TASKS.values() if c.default_strides), ())
+    return tuple(found)
 
 
 def load_settings(config: str | Path | None = None) -> InspectSettings:

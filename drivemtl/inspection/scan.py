@@ -11,6 +11,7 @@ import functools
 import multiprocessing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from drivemtl.data.io import DEPTH_PNG_SCALE, open_image
 from drivemtl.data.manifest import Record
 from drivemtl.data.pixel_labels import pixel_labels
 from drivemtl.errors import DriveMTLError
+
+if TYPE_CHECKING:
+    from drivemtl.tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -54,11 +58,12 @@ def check_record(record: Record, depth_scale: float = DEPTH_PNG_SCALE) -> FileCh
     except DriveMTLError as e:
         return FileCheck(mode=mode, problem=str(e))
     height, width = image.shape[:2]
-    measured = {key: map_tasks()[key].measure_map(value) for key, value in maps.items()}
+    tasks = map_tasks()  # a label map no registered task declares is decoded, not measured
+    measured = {key: tasks[key].measure_map(value) for key, value in maps.items() if key in tasks}
     return FileCheck(width, height, mode, measured)
 
 
-def map_tasks() -> dict:
+def map_tasks() -> dict[str, type[Task]]:
     """The registered task classes that train on a label map, by its key."""
     from drivemtl.tasks import TASKS
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drivemtl.errors import DriveMTLError
+
+if TYPE_CHECKING:
+    from drivemtl.tasks.base import Task
 from drivemtl.jsonl import iter_objects as iter_jsonl
 
 PREDICTIONS = "predictions.jsonl"
@@ -153,39 +157,26 @@ def overlay_name(image: str) -> str:
     return image if image.lower().endswith((".jpg", ".jpeg")) else image + ".jpg"
 
 
-def _csv_cells(row: dict) -> dict[str, str]:
-    """A prediction row as CSV cells: an object spreads into one column per key (presence:
-    a probability per class), a list of names joins with ``;``, other lists are JSON (boxes),
-    a path stays as is."""
-    cells = {}
-    for key, value in row.items():
-        if isinstance(value, dict):
-            cells.update({str(k): str(v) for k, v in value.items()})
-        elif isinstance(value, list):
-            names = all(isinstance(v, str) for v in value)
-            cells[key] = ";".join(value) if names else json.dumps(value)
-        else:
-            cells[key] = "" if value is None else str(value)
-    return cells
-
-
-def jsonl_to_csv(jsonl: str | Path, out: str | Path) -> Path:
-    """Stream a predictions file to CSV, one column per field of the first line: ``image``,
-    one probability column per class and ``present`` (``;``-separated) from a presence head,
-    ``boxes`` (JSON), map paths (depth, segmentation).
+def jsonl_to_csv(
+    jsonl: str | Path, out: str | Path, tasks: Iterable[Task], classes: Sequence[str]
+) -> Path:
+    """Stream a predictions file to CSV: ``image``, then each task's columns
+    (:meth:`~drivemtl.tasks.base.Task.csv_columns`: a probability per class and ``present``
+    from a presence head, ``boxes`` as JSON, map paths).
 
     Written beside and renamed, so a reader never sees half a file.
     """
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    columns = None
+    tasks = list(tasks)
+    columns = ["image", *(c for t in tasks for c in t.csv_columns(classes))]
     with open(partial, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
+        writer.writerow(columns)
         for _, obj in iter_jsonl(jsonl):
-            cells = _csv_cells(obj)
-            if columns is None:
-                columns = list(cells)
-                writer.writerow(columns)
+            cells = {"image": obj["image"]}
+            for task in tasks:
+                cells.update(task.csv_cells(obj))
             writer.writerow([cells.get(c, "") for c in columns])
     partial.replace(out)
     return out

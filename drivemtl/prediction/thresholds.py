@@ -77,10 +77,10 @@ def apply_thresholds(
     deciding = [name for name, task in tasks.items() if task.class_thresholds]
     if not deciding:
         if overrides:
-            from drivemtl.tasks import TASKS
+            from drivemtl.tasks import kinds_of
 
-            kinds = ", ".join(n for n, t in TASKS.items() if t.class_thresholds)
-            raise DriveMTLError(f"--thresholds needs a model with a task that has them ({kinds}).")
+            kind = kinds_of(lambda task: task.class_thresholds)
+            raise DriveMTLError(f"--thresholds needs a model with a {kind} head.")
         return {}
     head = heads[deciding[0]]
     unknown = sorted(set(overrides) - set(classes))

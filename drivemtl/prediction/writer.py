@@ -219,10 +219,10 @@ class PredictionWriter(BasePredictionWriter):
             if value is not None and not any(
                 key in t.prediction_options for t in pl_module.tasks.values()
             ):
-                from drivemtl.tasks import TASKS
+                from drivemtl.tasks import kinds_of
 
-                kinds = " or ".join(n for n, t in TASKS.items() if key in t.prediction_options)
-                raise DriveMTLError(f"--{key} needs a model with a {kinds} head.")
+                kind = kinds_of(lambda task, key=key: key in task.prediction_options)
+                raise DriveMTLError(f"--{key} needs a model with a {kind} head.")
         for task in pl_module.tasks.values():
             self.info.update(task.run_info(options))
         self._check_resume_matches()
@@ -281,7 +281,8 @@ class PredictionWriter(BasePredictionWriter):
         if not self._completed:
             return  # interrupted: the files hold every finished batch; --resume continues
         if self.csv and self.predictions_path.is_file():
-            jsonl_to_csv(self.predictions_path, self.output_dir / CSV_FILE)
+            classes = self._classes or list(pl_module.classes)
+            jsonl_to_csv(self.predictions_path, self.output_dir / CSV_FILE, self._tasks, classes)
         if self.info:
             self._write_info("complete")
 

@@ -5,7 +5,7 @@ group (``[project.entry-points."drivemtl.tasks"] mytask = "mypkg.tasks:MyTask"``
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 
 from drivemtl.errors import DriveMTLError
@@ -54,6 +54,11 @@ def load_task_plugins() -> list[str]:
 load_task_plugins()
 
 
+def kinds_of(predicate: Callable[[type[Task]], bool]) -> str:
+    """The registered tasks that satisfy ``predicate``, for messages (``"presence or ..."``)."""
+    return " or ".join(name for name, cls in TASKS.items() if predicate(cls)) or "suitable"
+
+
 def build_tasks(spec: Mapping[str, Mapping | None]) -> dict[str, Task]:
     """Instantiate tasks from the config's ``{name: {option: value}}`` mapping."""
     if not spec:
@@ -78,6 +83,7 @@ __all__ = [
     "SegmentationTask",
     "Task",
     "build_tasks",
+    "kinds_of",
     "load_task_plugins",
     "register_task",
     "masked_bce",

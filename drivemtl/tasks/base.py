@@ -6,6 +6,7 @@ outputs for prediction files. The LightningModule loops over tasks and knows non
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -42,6 +43,12 @@ class Task(ABC):
     pixel_label: str | None = None
     label_map: PixelLabel | None = None
     splits_by_class: bool = False
+    default_strides: tuple[int, ...] = ()
+    """Strides of the location grids the task detects on with its default options, if any
+    (``inspect`` measures boxes against them)."""
+    prediction_fields: tuple[str, ...] = ()
+    """The fields ``decode`` puts in a ``predictions.jsonl`` line (a map task's is its
+    ``pixel_label``, left out here)."""
     prediction_options: tuple[str, ...] = ()
     """The ``predict`` options the task reads in :meth:`run_info` (others refuse them)."""
     class_thresholds: bool = False
@@ -135,6 +142,23 @@ class Task(ABC):
         """An (H, W, 3) uint8 colour picture of a predicted map."""
         raise NotImplementedError(f"task {self.name!r} has no map to preview")
 
+    def csv_columns(self, classes: Sequence[str]) -> list[str]:
+        """The task's columns of ``predictions.csv`` (default: its ``prediction_fields``, else
+        its ``pixel_label``: the map's path)."""
+        return list(self.prediction_fields or ([self.pixel_label] if self.pixel_label else []))
+
+    def csv_cells(self, row: dict) -> dict[str, str]:
+        """A prediction row's cells in those columns (default: JSON for lists and objects,
+        paths as they are, empty for ``null``)."""
+        cells = {}
+        for key in self.csv_columns(()):
+            value = row.get(key)
+            if value is None:
+                cells[key] = ""
+            else:
+                cells[key] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        return cells
+
     def caption(self, row: dict) -> str:
         """The task's lines of an overlay's caption for a prediction row (default: none)."""
         return ""
@@ -180,7 +204,7 @@ class Task(ABC):
     @classmethod
     def predicted_classes(cls, fields: Any) -> list[str]:
         """The class list the task's predicted fields state (presence: its probabilities'
-        keys), which ``evaluate`` takes when ``run.json`` has none."""
+        keys), which ``evaluate`` prefers to ``run.json``'s list."""
         return []
 
     @classmethod

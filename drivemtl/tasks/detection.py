@@ -113,6 +113,8 @@ class DetectionTask(Task):
 
     name = "detection"
     monitor = "map50"
+    prediction_fields = ("boxes",)
+    default_strides = (4, 8, 16)  # levels (2, 3, 4)
     prediction_options = ("box_score_threshold",)
     report_title = "Detection"
     report_rank = 1

@@ -144,9 +144,8 @@ def read_presence(predictions: Predictions) -> PresencePredictions | None:
     Bad lines are added to ``predictions.problems``.
     """
     with_presence = "presence" in predictions.rows[0]
-    names = [str(c) for c in predictions.rows[0]["presence"]] if with_presence else []
-    if with_presence and not isinstance(predictions.rows[0]["presence"], dict):
-        names = []
+    first = predictions.rows[0].get("presence")
+    names = [str(c) for c in first] if isinstance(first, dict) else []
 
     def read(row: dict) -> tuple[list[float], list[str]] | None:
         if with_presence != ("presence" in row):
@@ -287,6 +286,7 @@ class PresenceTask(Task):
 
     splits_by_class = True
     class_thresholds = True
+    prediction_fields = ("presence", "present")
 
     def __init__(
         self, pos_weight: Sequence[float] | None = None, dropout: float = 0.2, stages: int = 2
@@ -325,6 +325,16 @@ class PresenceTask(Task):
             chosen = [report["per_class"][c]["threshold"] for c in metric.classes]
             head.thresholds.copy_(torch.tensor(chosen, dtype=head.thresholds.dtype))
         return report
+
+    def csv_columns(self, classes: Sequence[str]) -> list[str]:
+        return [*classes, "present"]
+
+    def csv_cells(self, row: dict) -> dict[str, str]:
+        """A probability per class and the present classes, ``;``-separated."""
+        return {
+            **{c: str(p) for c, p in row["presence"].items()},
+            "present": ";".join(row["present"]),
+        }
 
     def caption(self, row: dict) -> str:
         """The present classes with their probabilities, else the most likely one."""
