@@ -97,6 +97,27 @@ def require_shared_data() -> Path:
     return SHARED_DATA
 
 
+FAST_FIT = [
+    "--data.batch_size=4",
+    "--data.num_workers=0",
+    "--model.backbone=resnet18",
+    "--trainer.accelerator=cpu",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+"""CLI flags of the tests' tiny fits: small batches in the process, no bars or summaries."""
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's shared fixtures (a trained model), which run before
+    the per-test :func:`one_thread_for_tiny_models`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def one_thread_for_tiny_models(request):
     """Run the fast tests' tiny models on one intra-op thread, then restore the setting.

@@ -18,26 +18,10 @@ from drivemtl.data.io import load_depth, save_depth_png
 from drivemtl.data.transforms import build_transform
 from drivemtl.metrics.depth import METRICS
 from drivemtl.module import MultiTaskModule
-from tests.conftest import CLASSES, require_shared_data, write_jsonl
+from tests.conftest import CLASSES, FAST_FIT, require_shared_data, write_jsonl
 
-FAST = [
-    "--data.batch_size=4",
-    "--data.num_workers=0",
-    "--model.backbone=resnet18",
-    "--trainer.accelerator=cpu",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
+FAST = FAST_FIT
 ORIGINAL = (75, 110)  # (height, width) on disk; the network sees 64x96
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: tiny inputs run faster without thread start-up and spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _make_split(root: Path, name: str, n: int, seed: int) -> Path:

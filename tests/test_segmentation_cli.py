@@ -12,26 +12,10 @@ from PIL import Image
 
 from drivemtl.cli import main
 from drivemtl.data.synthetic import SEGMENTATION_CLASSES, SyntheticConfig, render_scene
-from tests.conftest import write_jsonl
+from tests.conftest import FAST_FIT, write_jsonl
 
 SIZE = (64, 96)  # (height, width) on disk and at the network: test and evaluate see the same
-FAST = [
-    "--data.batch_size=4",
-    "--data.num_workers=0",
-    "--model.backbone=resnet18",
-    "--trainer.accelerator=cpu",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    f"--data.image_size=[{SIZE[0]}, {SIZE[1]}]",
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+FAST = [*FAST_FIT, f"--data.image_size=[{SIZE[0]}, {SIZE[1]}]"]
 
 
 def _make_split(root: Path, name: str, n: int, seed: int) -> Path:
