@@ -29,7 +29,7 @@ from PIL import Image
 
 from drivemtl.cli import main
 from drivemtl.data.io import save_depth_png
-from tests.conftest import CLASSES, write_jsonl
+from tests.conftest import CLASSES, FAST_FIT, write_jsonl
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("DRIVEMTL_UPDATE_GOLDEN") == "1"
@@ -185,15 +185,7 @@ def test_evaluate_outputs_are_unchanged(tmp_path, capsys):
 
 # -- predict and test: shapes ------------------------------------------------------------
 
-FAST = [
-    "--data.image_size=[64, 96]",
-    "--data.batch_size=2",
-    "--data.num_workers=0",
-    "--model.backbone=resnet18",
-    "--trainer.accelerator=cpu",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
+FAST = [*FAST_FIT, "--data.image_size=[64, 96]", "--data.batch_size=2"]  # the last one counts
 
 
 @pytest.fixture(scope="module")
