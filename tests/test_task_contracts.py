@@ -161,7 +161,6 @@ def test_a_plugin_task_brings_its_label_map_into_manifests(tmp_path):
 
     class NormalsTask(TASKS["depth"]):
         name = "normals"
-        pixel_label = "normals"
         label_map = normals
 
     (tmp_path / "m.jsonl").write_text('{"image": "a.png", "normals": "n.png"}\n')

@@ -29,10 +29,10 @@ class Task(ABC):
         monitor: The metric (within the task's report) that selects the best checkpoint.
         monitor_mode: ``"max"`` when a higher ``monitor`` is better (AP), ``"min"`` when
             lower is (a depth error).
-        pixel_label: The key of the per-pixel label map the task trains on (its manifest key,
-            its prediction field and its folder of predicted maps), or ``None``; the CLI tells
-            the data to load it.
-        label_map: How that map is read and collated; registered with the task.
+        label_map: The per-pixel label map the task trains on (how it is read and collated),
+            or ``None``; registered with the task, and the CLI tells the data to load it.
+        pixel_label: ``label_map``'s key (set from it): the manifest key, the prediction
+            field and the folder of predicted maps.
         splits_by_class: Whether :meth:`class_losses` splits the loss into one term per
             class, so that ``model.granularity: class`` makes each class a task of its own.
     """
@@ -62,6 +62,10 @@ class Task(ABC):
     """Where report.md and the terminal show the task's section (lower: earlier)."""
     definitions: str = ""
     """The task's part of report.md's definitions (Markdown), if any."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.pixel_label = cls.label_map.key if cls.label_map is not None else None
 
     # ``output`` below is whatever the task's head returns: a tensor, or a dict of tensors
     # for heads with several outputs (detection's per-level logits and boxes).
@@ -272,8 +276,6 @@ def register_task(cls: type[Task]) -> type[Task]:
             f"task name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}"
         )
     if cls.label_map is not None:
-        if cls.label_map.key != cls.pixel_label:
-            raise ValueError(f"task {cls.name!r}: label_map.key differs from pixel_label")
         register_pixel_label(cls.label_map)
     TASKS[cls.name] = cls
     return cls

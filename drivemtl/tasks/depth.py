@@ -198,7 +198,6 @@ class DepthTask(Task):
     monitor = "abs_rel"
     monitor_mode = "min"
     label_map = DEPTH_MAP
-    pixel_label = DEPTH_MAP.key
     report_title = "Depth"
     report_rank = 2
     definitions = DEPTH_DEFINITIONS

@@ -195,7 +195,6 @@ class SegmentationTask(Task):
     monitor = "miou"
     monitor_mode = "max"
     label_map = SEGMENTATION_MAP
-    pixel_label = SEGMENTATION_MAP.key
     map_format = "PNG, class indices"
 
     @classmethod
