@@ -9,6 +9,7 @@ Lightning.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import warnings
@@ -37,30 +38,7 @@ from drivemtl.prediction import (
     check_predict_config,
 )
 from drivemtl.reporting import format_report, write_metrics
-
-
-def task_options_help() -> str:
-    """Every registered task with its options and their defaults, for ``--help``."""
-    import inspect
-    import json
-
-    from drivemtl.tasks import TASKS
-
-    def shown(value) -> str:  # YAML's spelling (true, null, lists), as configs write it
-        try:
-            return json.dumps(value)
-        except TypeError:
-            return repr(value)
-
-    parts = []
-    for name, task in TASKS.items():
-        options = [
-            f"{p.name}: {shown(p.default)}" if p.default is not p.empty else p.name
-            for p in inspect.signature(task.__init__).parameters.values()
-            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
-        parts.append(f"{name} {{{', '.join(options)}}}")
-    return "; ".join(parts)
+from drivemtl.tasks import complete_task_options, describe_task_options
 
 
 def task_pixel_labels(tasks: dict | None) -> dict[str, dict]:
@@ -114,12 +92,31 @@ def with_safe_checkpoint_io(plugins) -> list:
     return [*plugins, SafeCheckpointIO()]
 
 
+def optional_value_error(message: str) -> str:
+    """jsonargparse's error for a bad value of an ``X | None`` option, without the ``None``
+    branch (nobody who gave a value meant ``null``): ``Parser key "k": <X's error>``.
+
+    Any other message is returned as it is.
+    """
+    head, union, rest = message.partition("\n  Does not validate against any of the Union")
+    errors = re.split(r"\n    - ", rest.split("\n  Given value type:")[0])[1:]
+    errors = [e for e in errors if e.strip() != "Expected a <class 'NoneType'>"]
+    if not union or len(errors) != 1:
+        return message
+    error = re.sub(r"^Not of type \w+: ", "", " ".join(errors[0].split()))
+    return f"{head} {error}"
+
+
 class DriveArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser with a one-line usage on errors (not every option it has)."""
+    """LightningCLI's parser with a one-line usage on errors (not every option it has) and
+    shorter messages for optional values."""
 
     def print_usage(self, file=None) -> None:
         prog = self.prog.replace(" [options]", "")
         print(f"usage: {prog} [options]", file=file or sys.stderr)
+
+    def error(self, message: str, ex: Exception | None = None):
+        super().error(optional_value_error(message), ex)
 
 
 def run_loggers(run_dir: Path, configured) -> list[Logger]:
@@ -187,9 +184,11 @@ class DriveCLI(LightningCLI):
         # Label maps are decoded only when a task trains on them, and the user never says so
         # twice: the task list decides (also when it comes from a --ckpt_path).
         parser.link_arguments("model.tasks", "data.pixel_labels", compute_fn=task_pixel_labels)
+        # The default task list with every option, as --print_config and config.yaml show it.
+        parser.set_defaults({"model.tasks": complete_task_options(None)})
         for action in parser._actions:  # --help lists every registered task with its options
             if action.dest == "model.tasks":
-                action.help = f"{action.help} Tasks and their options: {task_options_help()}."
+                action.help = f"{action.help} Tasks and their options: {describe_task_options()}."
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         # LightningCLI has no per-subcommand hook; the output options belong to predict only.

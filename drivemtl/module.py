@@ -25,6 +25,7 @@ from drivemtl.mtl.affinity import affinity_report, write_affinity
 from drivemtl.mtl.forward import buffers_kept, capture_features
 from drivemtl.mtl.granularity import resolve_loss_weights, restrict_report, term_losses
 from drivemtl.mtl.objective import build_objective
+from drivemtl.tasks import TaskOptions
 
 EVAL_STAGES = ("val", "test")
 
@@ -49,7 +50,9 @@ class MultiTaskModule(L.LightningModule):
         freeze_bn_stats: Keep every backbone batch-norm layer's running statistics (small
             per-device batches); its scale and shift still train.
         backbone_lr_scale: The backbone's learning rate relative to the optimiser's.
-        tasks: ``{task name: {option: value}}``; the default trains presence only.
+        tasks: ``{task name: {option: value}}`` in training order (the first task's metric
+            selects the best checkpoint); the default trains presence only. A config's tasks and
+            options are checked when it is parsed.
         sharing: ``{strategy: {option: value}}``, one of ``hard`` (default), ``partial``
             (``branch: {task: shared stages}``), ``soft`` (``weight``) or ``mmoe``
             (``experts``, ``stem_stages``); see :mod:`drivemtl.models.sharing`.
@@ -105,7 +108,7 @@ class MultiTaskModule(L.LightningModule):
         freeze: int | Literal["backbone"] = 0,
         freeze_bn_stats: bool = False,
         backbone_lr_scale: float = 1.0,
-        tasks: dict[str, dict | None] | None = None,
+        tasks: TaskOptions | None = None,
         sharing: dict[str, dict | None] | None = None,
         loss_weights: dict[str, float] | None = None,
         granularity: Literal["head", "class"] = "head",

@@ -238,6 +238,8 @@ CASES = [
          ("data.batch_size must be at least 1",)),
     Case("flag-unknown-task", (*_fit_on("val.jsonl"), "--model.tasks={{segmentaton: {{}}}}"),
          ("Unknown task 'segmentaton'",)),
+    Case("flag-task-option", (*_fit_on("val.jsonl"), "--model.tasks={{presence: {{dropuot: 0}}}}"),
+         ("Bad options for task 'presence': unknown option(s) dropuot; presence takes",)),
     Case("flag-accelerator", (*_fit_on("val.jsonl"), "--trainer.accelerator=tpu"),
          ("torch_xla",)),
     # -- converters ------------------------------------------------------------------------------

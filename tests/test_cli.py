@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from drivemtl.cli import main
 from drivemtl.data.batch import collate
@@ -65,6 +66,10 @@ def test_fit_leaves_the_run_folder_and_reloads_exactly(tmp_path, tiny_presence_s
     # The checkpoint alone rebuilds the model, with its class list and tuned thresholds.
     model = MultiTaskModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
     assert model.classes == CLASSES and tuple(model.hparams.image_size) == (32, 48)
+    # The saved config and the checkpoint state every task option the run used.
+    saved = yaml.safe_load((run / "config.yaml").read_text())["model"]["tasks"]
+    assert saved == {"presence": {"pos_weight": None, "dropout": 0.2, "stages": 2}}
+    assert model.hparams.tasks == saved
     stored = [metrics["per_class"][c]["threshold"] for c in CLASSES]
     assert model.net.heads["presence"].thresholds.tolist() == pytest.approx(stored)
 

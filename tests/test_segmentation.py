@@ -144,7 +144,10 @@ def test_a_mask_index_beyond_the_classes_names_the_image():
         ({"width": 1}, "width"),
         ({"classes": ["a", "b"], "class_weights": [1.0]}, "one weight"),
         ({"classes": ["a"], "class_weights": [-1.0]}, "one weight"),
-        ({"colour": 1}, "unexpected keyword"),
+        (
+            {"colour": 1},
+            "unknown option.s. colour; segmentation takes classes, width, class_weights",
+        ),
     ],
 )
 def test_bad_options_are_reported(options, message):

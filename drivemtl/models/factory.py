@@ -19,7 +19,7 @@ from drivemtl.models.backbones import Backbone
 from drivemtl.models.net import MultiTaskNet
 from drivemtl.models.sharing import Trunk, build_trunk
 from drivemtl.mtl.granularity import TaskTerm, task_terms
-from drivemtl.tasks import DEFAULT_TASKS, build_tasks
+from drivemtl.tasks import build_tasks
 from drivemtl.tasks.base import Task
 
 
@@ -99,7 +99,7 @@ def select_tasks(
     Raises:
         DriveMTLError: For an unknown task, task option, granularity or single task.
     """
-    configured = build_tasks(tasks or DEFAULT_TASKS)
+    configured = build_tasks(tasks)
     terms = task_terms(configured, classes, granularity, single_task)
     # A single-task baseline builds its one head only.
     chosen = configured if single_task is None else {terms[0].head: configured[terms[0].head]}

@@ -5,10 +5,9 @@ group (``[project.entry-points."drivemtl.tasks"] mytask = "mypkg.tasks:MyTask"``
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib.metadata import entry_points
 
-from drivemtl.errors import DriveMTLError
 from drivemtl.tasks.base import TASKS, Task, register_task
 
 # isort: split
@@ -19,12 +18,16 @@ from drivemtl.tasks.presence import PresenceTask, masked_bce
 # isort: split
 from drivemtl.tasks.depth import DepthTask
 from drivemtl.tasks.detection import DetectionTask
+from drivemtl.tasks.options import (
+    DEFAULT_TASKS,
+    TaskOptions,
+    build_tasks,
+    complete_task_options,
+    describe_task_options,
+)
 from drivemtl.tasks.segmentation import SegmentationTask
 
 ENTRY_POINT_GROUP = "drivemtl.tasks"
-
-DEFAULT_TASKS = {"presence": {}}
-"""``model.tasks`` when a config names none."""
 
 
 def load_task_plugins() -> list[str]:
@@ -59,21 +62,6 @@ def kinds_of(predicate: Callable[[type[Task]], bool]) -> str:
     return " or ".join(name for name, cls in TASKS.items() if predicate(cls)) or "suitable"
 
 
-def build_tasks(spec: Mapping[str, Mapping | None]) -> dict[str, Task]:
-    """Instantiate tasks from the config's ``{name: {option: value}}`` mapping."""
-    if not spec:
-        raise DriveMTLError(f"model.tasks is empty: name at least one of {sorted(TASKS)}.")
-    tasks = {}
-    for name, options in spec.items():
-        if name not in TASKS:
-            raise DriveMTLError(f"Unknown task {name!r} in model.tasks; known: {sorted(TASKS)}.")
-        try:
-            tasks[name] = TASKS[name](**(options or {}))
-        except (TypeError, ValueError) as e:
-            raise DriveMTLError(f"Bad options for task {name!r}: {e}") from None
-    return tasks
-
-
 __all__ = [
     "DEFAULT_TASKS",
     "TASKS",
@@ -82,7 +70,10 @@ __all__ = [
     "PresenceTask",
     "SegmentationTask",
     "Task",
+    "TaskOptions",
     "build_tasks",
+    "complete_task_options",
+    "describe_task_options",
     "kinds_of",
     "load_task_plugins",
     "register_task",

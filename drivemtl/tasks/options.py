@@ -1,0 +1,129 @@
+"""``model.tasks``: the tasks to train and their options, checked against each task's
+``__init__`` signature.
+
+jsonargparse validates ``model.tasks`` through :class:`TaskOptions` when a config is parsed:
+an unknown task, an unknown option, a value of the wrong type or one the task refuses stops
+the command before anything is built, with the task's name. Each task's options come back
+complete, defaults included, so ``--print_config``, the run's ``config.yaml`` and the
+checkpoint's hyperparameters state every option the run used.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from functools import cache
+
+from jsonargparse import ArgumentError, ArgumentParser
+from jsonargparse.typing import register_type
+
+from drivemtl.errors import DriveMTLError
+from drivemtl.tasks.base import TASKS, Task
+
+DEFAULT_TASKS = {"presence": {}}
+"""``model.tasks`` when a config names none."""
+
+
+class TaskOptions:
+    """The type of ``model.tasks`` for jsonargparse: ``{task name: {option: value} | None}``.
+
+    A marker only; parsed values are plain dicts (checkpoints hold nothing but basic types).
+    """
+
+
+def _options(cls: type[Task]) -> list[inspect.Parameter]:
+    """The task's options: the named parameters of its ``__init__``."""
+    return [
+        p
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+@cache
+def _options_parser(cls: type[Task]) -> ArgumentParser:
+    parser = ArgumentParser(exit_on_error=False, prog=f"model.tasks.{cls.name}")
+    parser.add_class_arguments(cls)
+    return parser
+
+
+def complete_task_options(spec: Mapping[str, Mapping | None] | None) -> dict[str, dict]:
+    """``spec`` checked and with every option of each task, defaults filled in.
+
+    ``None`` is :data:`DEFAULT_TASKS`. The tasks keep their order (the first one's metric
+    selects the best checkpoint).
+
+    Raises:
+        DriveMTLError: naming the task (and option) that is wrong.
+    """
+    if spec is None:
+        spec = DEFAULT_TASKS
+    if not isinstance(spec, Mapping):
+        raise DriveMTLError(
+            f"model.tasks must map task names to options ({{presence: {{}}}}), got {spec!r}."
+        )
+    if not spec:
+        raise DriveMTLError(f"model.tasks is empty: name at least one of {sorted(TASKS)}.")
+    completed = {}
+    for name, options in spec.items():
+        cls = TASKS.get(name)
+        if cls is None:
+            raise DriveMTLError(f"Unknown task {name!r} in model.tasks; known: {sorted(TASKS)}.")
+        if options is not None and not isinstance(options, Mapping):
+            raise DriveMTLError(
+                f"Bad options for task {name!r}: expected a mapping of options, got {options!r}."
+            )
+        known = [p.name for p in _options(cls)]
+        unknown = [key for key in options or {} if key not in known]
+        if unknown:
+            raise DriveMTLError(
+                f"Bad options for task {name!r}: unknown option(s) {', '.join(map(str, unknown))}; "
+                f"{name} takes {', '.join(known) or 'none'}."
+            )
+        try:
+            values = _options_parser(cls).parse_object(dict(options or {})).as_dict()
+            cls(**values)  # the task's own checks of values (ranges, lengths)
+        except ArgumentError as e:
+            message = " ".join(str(e).replace('Parser key "', 'option "').split())
+            raise DriveMTLError(f"Bad options for task {name!r}: {message}") from None
+        except (TypeError, ValueError) as e:
+            raise DriveMTLError(f"Bad options for task {name!r}: {e}") from None
+        completed[name] = values
+    return completed
+
+
+def build_tasks(spec: Mapping[str, Mapping | None] | None) -> dict[str, Task]:
+    """Instantiate tasks from the config's ``{name: {option: value}}`` mapping (``None``:
+    :data:`DEFAULT_TASKS`)."""
+    return {name: TASKS[name](**o) for name, o in complete_task_options(spec).items()}
+
+
+def describe_task_options() -> str:
+    """Every registered task with its options and their defaults, for ``--help``."""
+
+    def shown(value) -> str:  # YAML's spelling (true, null, lists), as configs write it
+        try:
+            return json.dumps(value)
+        except TypeError:
+            return repr(value)
+
+    parts = []
+    for name, task in TASKS.items():
+        options = [
+            f"{p.name}: {shown(p.default)}" if p.default is not p.empty else p.name
+            for p in _options(task)
+        ]
+        parts.append(f"{name} {{{', '.join(options)}}}")
+    return "; ".join(parts)
+
+
+def _parse(value) -> dict[str, dict]:
+    try:
+        return complete_task_options(value)
+    except DriveMTLError as e:
+        raise ValueError(str(e)) from None
+
+
+# type_check is never true: every value, already completed or not, is checked (it is cheap).
+register_type(TaskOptions, serializer=dict, deserializer=_parse, type_check=lambda v, t: False)

@@ -1,0 +1,116 @@
+"""``model.tasks`` checked and completed from each task's signature: in Python, in configs
+(``--print_config``, the run's ``config.yaml``) and in the errors a user sees."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drivemtl.cli import main
+from drivemtl.errors import DriveMTLError
+from drivemtl.lightning_cli import optional_value_error
+from drivemtl.tasks import TASKS, complete_task_options
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_options_are_completed_with_the_tasks_defaults_in_the_given_order():
+    completed = complete_task_options({"depth": {"lam": 0.5}, "presence": None})
+    assert list(completed) == ["depth", "presence"]  # the first task selects checkpoints
+    assert completed["presence"] == {"pos_weight": None, "dropout": 0.2, "stages": 2}
+    assert completed["depth"] == {
+        "lam": 0.5,
+        "sqrt": False,
+        "l1_weight": 0.0,
+        "width": 64,
+        "output_range": (0.1, 100.0),
+        "min_depth": 0.001,
+        "max_depth": 80.0,
+    }
+    assert complete_task_options(None) == {"presence": completed["presence"]}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_completes_to_its_signature_defaults_and_completing_twice_changes_nothing(name):
+    completed = complete_task_options({name: {}})[name]
+    parameters = inspect.signature(TASKS[name].__init__).parameters
+    defaults = {k: p.default for k, p in parameters.items() if k != "self"}
+    assert list(completed) == list(defaults)
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in completed.items()}
+    assert plain == {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    assert complete_task_options({name: completed}) == {name: completed}
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ({"segmentaton": {}}, r"Unknown task 'segmentaton' in model.tasks; known: \["),
+        ({"presence": {"dropuot": 0.1}}, r"'presence': unknown option\(s\) dropuot; presence "
+         r"takes pos_weight, dropout, stages\."),
+        ({"presence": {"dropout": "high"}}, r"'presence': option \"dropout\": Expected a .*float"),
+        ({"detection": {"levels": "2, 3"}}, r"'detection': option \"levels\""),
+        ({"presence": {"stages": 9}}, r"'presence': presence stages must be 1 to 4, got 9"),
+        ({"depth": [1, 2]}, r"'depth': expected a mapping of options, got \[1, 2\]"),
+        ({}, r"model.tasks is empty"),
+        (["presence"], r"model.tasks must map task names to options"),
+    ],
+)  # fmt: skip
+def test_bad_task_options_name_the_task_and_the_option(spec, says):
+    with pytest.raises(DriveMTLError, match=says):
+        complete_task_options(spec)
+
+
+def _printed_config(capsys, *argv: str) -> dict:
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *argv, "--print_config"])
+    assert stop.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_print_config_shows_every_option_of_every_configured_task(capsys):
+    config = _printed_config(capsys, f"--config={ROOT / 'configs' / 'demo_all.yaml'}")
+    tasks = config["model"]["tasks"]
+    assert list(tasks) == ["presence", "detection", "depth"]
+    assert tasks["detection"]["levels"] == [2, 3, 4] and tasks["detection"]["nms_iou"] == 0.6
+    assert tasks["depth"]["output_range"] == [0.1, 100.0]
+    for name, options in tasks.items():
+        signature = inspect.signature(TASKS[name].__init__).parameters
+        assert list(options) == [p for p in signature if p != "self"], name
+    # With no task named, the default task and its options.
+    tasks = _printed_config(capsys)["model"]["tasks"]
+    assert tasks == {"presence": {"pos_weight": None, "dropout": 0.2, "stages": 2}}
+
+
+def test_a_bad_task_option_on_the_command_line_is_one_line_naming_it(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--model.tasks={presence: {dropout: high}}"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Bad options for task 'presence': option \"dropout\": Expected a" in err
+    assert "Union" not in err and "NoneType" not in err
+
+
+def test_optional_value_error_keeps_the_one_error_that_matters():
+    union = (
+        'Parser key "model.x":\n'
+        "  Does not validate against any of the Union subtypes\n"
+        "  Subtypes: [<class 'int'>, <class 'NoneType'>]\n"
+        "  Errors:\n"
+        "    - Expected a <class 'int'>.\n"
+        "        Got value: abc\n"
+        "    - Expected a <class 'NoneType'>\n"
+        "  Given value type: <class 'str'>\n"
+        "  Given value: abc"
+    )
+    assert optional_value_error(union) == (
+        "Parser key \"model.x\": Expected a <class 'int'>. Got value: abc"
+    )
+    # Two real alternatives, or any other message: unchanged.
+    two = union.replace("    - Expected a <class 'NoneType'>", "    - Expected a <class 'str'>")
+    assert optional_value_error(two) == two
+    assert optional_value_error("Parser key \"a\": Expected a <class 'int'>") == (
+        "Parser key \"a\": Expected a <class 'int'>"
+    )
