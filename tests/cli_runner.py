@@ -19,7 +19,7 @@ import time
 import traceback
 
 import drivemtl.cli  # noqa: F401
-import drivemtl.lightning_cli  # noqa: F401  (torch and Lightning: imported once, shared)
+import drivemtl.cli.lightning  # noqa: F401  (torch and Lightning: imported once, shared)
 
 PARALLEL = 2
 TIMEOUT_S = 300

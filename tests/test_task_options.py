@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from drivemtl.cli import main
+from drivemtl.cli.lightning import optional_value_error
 from drivemtl.errors import DriveMTLError
-from drivemtl.lightning_cli import optional_value_error
 from drivemtl.tasks import TASKS, complete_task_options
 
 ROOT = Path(__file__).resolve().parents[1]

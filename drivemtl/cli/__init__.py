@@ -219,7 +219,7 @@ def _dispatch(argv: list[str], lightning_args: list[str] | None) -> int:
             module, function = entry.split(":")
             return getattr(import_module(module), function)(argv[1:])
         check_config_files(argv[1:])
-        from drivemtl.lightning_cli import run_lightning
+        from drivemtl.cli.lightning import run_lightning
 
         # None lets LightningCLI read sys.argv itself (and not warn about being given both).
         run_lightning(lightning_args)
