@@ -25,7 +25,7 @@ from drivemtl.mtl.affinity import affinity_report, write_affinity
 from drivemtl.mtl.forward import buffers_kept, capture_features
 from drivemtl.mtl.granularity import resolve_loss_weights, restrict_report, term_losses
 from drivemtl.mtl.objective import build_objective
-from drivemtl.tasks import TaskOptions
+from drivemtl.tasks import TaskOptions, complete_task_options
 
 EVAL_STAGES = ("val", "test")
 
@@ -149,6 +149,7 @@ class MultiTaskModule(L.LightningModule):
         that class only."""
         # The values used travel in the checkpoint: a later default cannot change the model.
         self.hparams["mean"], self.hparams["std"] = built.mean, built.std
+        self.hparams["tasks"] = complete_task_options(tasks)
         if single_task is None:
             fixed = resolve_loss_weights(loss_weights, built.configured, self.classes, self.terms)
             self.objective = build_objective(

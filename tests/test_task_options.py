@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from drivemtl.cli import main
-from drivemtl.cli.lightning import optional_value_error
-from drivemtl.errors import DriveMTLError
+from drivemtl.errors import DriveMTLError, optional_value_error
 from drivemtl.tasks import TASKS, complete_task_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +29,12 @@ def test_options_are_completed_with_the_tasks_defaults_in_the_given_order():
         "min_depth": 0.001,
         "max_depth": 80.0,
     }
-    assert complete_task_options(None) == {"presence": completed["presence"]}
+    # None and {} (a checkpoint's empty task list) are the default task with its options.
+    assert (
+        complete_task_options(None)
+        == complete_task_options({})
+        == {"presence": completed["presence"]}
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -54,7 +58,6 @@ def test_every_task_completes_to_its_signature_defaults_and_completing_twice_cha
         ({"detection": {"levels": "2, 3"}}, r"'detection': option \"levels\""),
         ({"presence": {"stages": 9}}, r"'presence': presence stages must be 1 to 4, got 9"),
         ({"depth": [1, 2]}, r"'depth': expected a mapping of options, got \[1, 2\]"),
-        ({}, r"model.tasks is empty"),
         (["presence"], r"model.tasks must map task names to options"),
     ],
 )  # fmt: skip
@@ -93,24 +96,55 @@ def test_a_bad_task_option_on_the_command_line_is_one_line_naming_it(capsys):
     assert "Union" not in err and "NoneType" not in err
 
 
+def _jsonargparse_error(typehint, value: str) -> str:
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--x", type=typehint)
+    with pytest.raises(ArgumentError) as error:
+        parser.parse_args([f"--x={value}"])
+    return str(error.value)
+
+
 def test_optional_value_error_keeps_the_one_error_that_matters():
-    union = (
-        'Parser key "model.x":\n'
-        "  Does not validate against any of the Union subtypes\n"
-        "  Subtypes: [<class 'int'>, <class 'NoneType'>]\n"
-        "  Errors:\n"
-        "    - Expected a <class 'int'>.\n"
-        "        Got value: abc\n"
-        "    - Expected a <class 'NoneType'>\n"
-        "  Given value type: <class 'str'>\n"
-        "  Given value: abc"
+    # jsonargparse's own messages: the None alternative goes, the value given stays.
+    message = _jsonargparse_error(float | None, "abc")
+    assert "NoneType" in message  # what is removed
+    assert optional_value_error(message) == (
+        "Parser key \"x\": Expected a <class 'float'>, got abc"
     )
-    assert optional_value_error(union) == (
-        "Parser key \"model.x\": Expected a <class 'int'>. Got value: abc"
-    )
+    message = optional_value_error(_jsonargparse_error(list[str] | None, "road"))
+    assert message == "Parser key \"x\": Expected a <class 'list'>, got road"
+    # Nested: the outer and the inner None alternatives both go.
+    nested = _jsonargparse_error(dict[str, int | None] | None, "{a: b}")
+    assert "NoneType" not in optional_value_error(nested)
+    assert "Union" not in optional_value_error(nested) and "b" in optional_value_error(nested)
     # Two real alternatives, or any other message: unchanged.
-    two = union.replace("    - Expected a <class 'NoneType'>", "    - Expected a <class 'str'>")
+    two = _jsonargparse_error(int | list[int], "abc")
     assert optional_value_error(two) == two
-    assert optional_value_error("Parser key \"a\": Expected a <class 'int'>") == (
-        "Parser key \"a\": Expected a <class 'int'>"
-    )
+    plain = _jsonargparse_error(int, "abc")
+    assert optional_value_error(plain) == plain
+
+
+def test_bad_optional_task_options_are_one_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.tasks={segmentation: {classes: road}}"])
+    err = capsys.readouterr().err
+    assert "'segmentation': option \"classes\": Expected a <class 'list'>, got road" in err
+    assert "Union" not in err and "NoneType" not in err
+
+
+def test_one_tasks_options_cannot_be_set_alone(capsys):
+    # Setting model.tasks.<task> would replace the whole list without its other tasks.
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.tasks.presence={stages: 1}"])
+    err = capsys.readouterr().err
+    assert "--model.tasks.presence cannot set one task's options: give the whole" in err
+
+
+def test_the_python_api_stores_the_completed_options():
+    from drivemtl.module import MultiTaskModule
+
+    model = MultiTaskModule(tasks={"presence": {"stages": 1}}, image_size=(64, 96))
+    assert model.hparams.tasks == {"presence": {"pos_weight": None, "dropout": 0.2, "stages": 1}}
+    assert MultiTaskModule(image_size=(64, 96)).hparams.tasks == complete_task_options(None)

@@ -9,7 +9,6 @@ Lightning.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 import warnings
@@ -26,7 +25,7 @@ from drivemtl.checkpoint_io import SafeCheckpointIO
 from drivemtl.cli import RUN_DIR_ENV
 from drivemtl.console import hide_unactionable_messages, setup_console
 from drivemtl.data.datamodule import DriveDataModule
-from drivemtl.errors import DriveMTLError
+from drivemtl.errors import DriveMTLError, optional_value_error
 from drivemtl.models.factory import NO_INITIAL_WEIGHTS
 from drivemtl.module import MultiTaskModule
 from drivemtl.prediction import (
@@ -38,7 +37,7 @@ from drivemtl.prediction import (
     check_predict_config,
 )
 from drivemtl.reporting import format_report, write_metrics
-from drivemtl.tasks import complete_task_options, describe_task_options
+from drivemtl.tasks import TASKS, complete_task_options, describe_task_options
 
 
 def task_pixel_labels(tasks: dict | None) -> dict[str, dict]:
@@ -48,8 +47,6 @@ def task_pixel_labels(tasks: dict | None) -> dict[str, dict]:
     ``None`` is the module's default (presence only). An unknown name or bad options are left
     for the model to report.
     """
-    from drivemtl.tasks import TASKS
-
     labels = {}
     for name, options in (tasks or {}).items():
         task = TASKS.get(name)
@@ -90,21 +87,6 @@ def with_safe_checkpoint_io(plugins) -> list:
             "checkpoint through its own safe loader (drivemtl.checkpoints)."
         )
     return [*plugins, SafeCheckpointIO()]
-
-
-def optional_value_error(message: str) -> str:
-    """jsonargparse's error for a bad value of an ``X | None`` option, without the ``None``
-    branch (nobody who gave a value meant ``null``): ``Parser key "k": <X's error>``.
-
-    Any other message is returned as it is.
-    """
-    head, union, rest = message.partition("\n  Does not validate against any of the Union")
-    errors = re.split(r"\n    - ", rest.split("\n  Given value type:")[0])[1:]
-    errors = [e for e in errors if e.strip() != "Expected a <class 'NoneType'>"]
-    if not union or len(errors) != 1:
-        return message
-    error = re.sub(r"^Not of type \w+: ", "", " ".join(errors[0].split()))
-    return f"{head} {error}"
 
 
 class DriveArgumentParser(LightningArgumentParser):
@@ -160,8 +142,6 @@ def log_run_images(
 
     if not trainer.loggers:
         return
-    from drivemtl.tasks import TASKS
-
     images = {}
     for name, section in report.items():
         task = TASKS.get(name)

@@ -18,7 +18,7 @@ from functools import cache
 from jsonargparse import ArgumentError, ArgumentParser
 from jsonargparse.typing import register_type
 
-from drivemtl.errors import DriveMTLError
+from drivemtl.errors import DriveMTLError, optional_value_error
 from drivemtl.tasks.base import TASKS, Task
 
 DEFAULT_TASKS = {"presence": {}}
@@ -51,20 +51,23 @@ def _options_parser(cls: type[Task]) -> ArgumentParser:
 def complete_task_options(spec: Mapping[str, Mapping | None] | None) -> dict[str, dict]:
     """``spec`` checked and with every option of each task, defaults filled in.
 
-    ``None`` is :data:`DEFAULT_TASKS`. The tasks keep their order (the first one's metric
-    selects the best checkpoint).
+    ``None`` or ``{}`` is :data:`DEFAULT_TASKS`. The tasks keep their order (the first one's
+    metric selects the best checkpoint).
 
     Raises:
         DriveMTLError: naming the task (and option) that is wrong.
     """
-    if spec is None:
+    if hasattr(spec, "key") and hasattr(spec, "val"):  # jsonargparse's --model.tasks.<x>=...
+        raise DriveMTLError(
+            f"--model.tasks.{spec.key} cannot set one task's options: give the whole task "
+            f"mapping, e.g. --model.tasks='{{{spec.key.split('.')[0]}: {{...}}, ...}}'."
+        )
+    if not spec:  # also {}: what a checkpoint of an empty task list trained
         spec = DEFAULT_TASKS
     if not isinstance(spec, Mapping):
         raise DriveMTLError(
             f"model.tasks must map task names to options ({{presence: {{}}}}), got {spec!r}."
         )
-    if not spec:
-        raise DriveMTLError(f"model.tasks is empty: name at least one of {sorted(TASKS)}.")
     completed = {}
     for name, options in spec.items():
         cls = TASKS.get(name)
@@ -85,7 +88,8 @@ def complete_task_options(spec: Mapping[str, Mapping | None] | None) -> dict[str
             values = _options_parser(cls).parse_object(dict(options or {})).as_dict()
             cls(**values)  # the task's own checks of values (ranges, lengths)
         except ArgumentError as e:
-            message = " ".join(str(e).replace('Parser key "', 'option "').split())
+            message = " ".join(optional_value_error(str(e)).split())
+            message = message.replace('Parser key "', 'option "')
             raise DriveMTLError(f"Bad options for task {name!r}: {message}") from None
         except (TypeError, ValueError) as e:
             raise DriveMTLError(f"Bad options for task {name!r}: {e}") from None
