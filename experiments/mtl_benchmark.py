@@ -32,8 +32,8 @@ A run whose folder holds its test metrics is reused, so an interrupted benchmark
 it stopped (delete ``--out`` to start again).
 
 Usage:
-    python experiments/mtl_benchmark.py --quick --json runs/mtl_benchmark/quick.json   # <= 20 min
-    python experiments/mtl_benchmark.py --json runs/mtl_benchmark/full.json            # <= 2 h
+    python experiments/mtl_benchmark.py --quick --json runs/mtl_benchmark/quick.json   # ~20 min
+    python experiments/mtl_benchmark.py --json runs/mtl_benchmark/full.json   # ~5 h (2 CPU cores)
     python experiments/mtl_benchmark.py --setups a --methods famo --seeds 0 1 2
 """
 

@@ -59,6 +59,7 @@ def test_every_task_completes_to_its_signature_defaults_and_completing_twice_cha
         ({"presence": {"stages": 9}}, r"'presence': presence stages must be 1 to 4, got 9"),
         ({"depth": [1, 2]}, r"'depth': expected a mapping of options, got \[1, 2\]"),
         (["presence"], r"model.tasks must map task names to options"),
+        ([], r"model.tasks must map task names to options"),
     ],
 )  # fmt: skip
 def test_bad_task_options_name_the_task_and_the_option(spec, says):

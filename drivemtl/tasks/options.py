@@ -62,7 +62,7 @@ def complete_task_options(spec: Mapping[str, Mapping | None] | None) -> dict[str
             f"--model.tasks.{spec.key} cannot set one task's options: give the whole task "
             f"mapping, e.g. --model.tasks='{{{spec.key.split('.')[0]}: {{...}}, ...}}'."
         )
-    if not spec:  # also {}: what a checkpoint of an empty task list trained
+    if spec is None or spec == {}:  # {}: what a checkpoint of an empty task list trained
         spec = DEFAULT_TASKS
     if not isinstance(spec, Mapping):
         raise DriveMTLError(
