@@ -23,7 +23,12 @@ from drivemtl.models.factory import NO_INITIAL_WEIGHTS, build_network
 from drivemtl.models.sharing import NUM_STAGES, HardSharing
 from drivemtl.mtl.affinity import affinity_report, write_affinity
 from drivemtl.mtl.forward import buffers_kept, capture_features
-from drivemtl.mtl.granularity import resolve_loss_weights, restrict_report, term_losses
+from drivemtl.mtl.granularity import (
+    default_loss_weights,
+    resolve_loss_weights,
+    restrict_report,
+    term_losses,
+)
 from drivemtl.mtl.objective import build_objective
 from drivemtl.tasks import TaskOptions, complete_task_options
 
@@ -56,8 +61,8 @@ class MultiTaskModule(L.LightningModule):
         sharing: ``{strategy: {option: value}}``, one of ``hard`` (default), ``partial``
             (``branch: {task: shared stages}``), ``soft`` (``weight``) or ``mmoe``
             (``experts``, ``stem_stages``); see :mod:`drivemtl.models.sharing`.
-        loss_weights: Fixed weight per task (default 1 each), by head or ``head/class``; the
-            weights of ``balancing: fixed``.
+        loss_weights: Fixed weight per task, by head or ``head/class``; the weights of
+            ``balancing: fixed``. A task not named keeps its default (``Task.loss_weight``).
         granularity: ``head``: each head is one task; ``class``: presence splits into one task
             per class (``presence/pedestrian``, ...) for balancing, gradient methods and
             diagnostics.
@@ -153,7 +158,12 @@ class MultiTaskModule(L.LightningModule):
         if single_task is None:
             fixed = resolve_loss_weights(loss_weights, built.configured, self.classes, self.terms)
             self.objective = build_objective(
-                [t.name for t in self.terms], fixed, balancing, gradients, diagnose_every
+                [t.name for t in self.terms],
+                fixed,
+                balancing,
+                gradients,
+                diagnose_every,
+                default_loss_weights(built.tasks, self.terms),
             )
         else:
             # The baseline: weight 1, nothing that only makes sense for several tasks.

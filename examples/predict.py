@@ -56,7 +56,11 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path)
     parser.add_argument("--images", type=Path)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="drivemtl-example-"))
+    with tempfile.TemporaryDirectory(prefix="drivemtl-example-") as work:  # removed at the end
+        run(args, Path(work))
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     ckpt = args.ckpt or tiny_checkpoint(work)
 
     if args.images:

@@ -430,6 +430,7 @@ def build_balancer(
     spec: str | Mapping[str, Any] | None,
     tasks: Sequence[str],
     loss_weights: Mapping[str, float] | None = None,
+    default_weights: Mapping[str, float] | None = None,
 ) -> Balancer:
     """The strategy named by ``model.balancing``.
 
@@ -437,7 +438,9 @@ def build_balancer(
         spec: ``fixed`` (default), ``uncertainty``, ``dwa``, ``gradnorm``, ``famo``, or a
             mapping ``{method: dwa, temperature: 2.0}``.
         tasks: Task names.
-        loss_weights: Weights of the ``fixed`` strategy, by task name.
+        loss_weights: Weights of the ``fixed`` strategy, by task name (``model.loss_weights``).
+        default_weights: The ``fixed`` strategy's weight of a task that ``loss_weights`` does
+            not name (the tasks' defaults); 1 for a task in neither.
 
     Raises:
         DriveMTLError: For an unknown method or option, or weights given to another method.
@@ -445,7 +448,7 @@ def build_balancer(
     method, options = parse_spec(spec, "model.balancing")
     method = method or "fixed"
     if method == "fixed":
-        options = {"weights": dict(loss_weights or {}), **options}
+        options = {"weights": {**(default_weights or {}), **(loss_weights or {})}, **options}
     elif loss_weights:
         raise DriveMTLError(
             f"model.loss_weights are the weights of model.balancing 'fixed'; {method!r} sets "

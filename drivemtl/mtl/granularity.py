@@ -151,6 +151,11 @@ def resolve_loss_weights(
     return out
 
 
+def default_loss_weights(tasks: Mapping[str, Task], terms: Sequence[TaskTerm]) -> dict[str, float]:
+    """Each term's default fixed weight: its task's :attr:`Task.loss_weight`."""
+    return {term.name: float(tasks[term.head].loss_weight) for term in terms}
+
+
 def _is_weight(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False

@@ -434,15 +434,18 @@ def build_objective(
     balancing: str | Mapping | None = None,
     gradients: str | Mapping | None = None,
     diagnose_every: int = 0,
+    default_weights: Mapping[str, float] | None = None,
 ) -> MultiTaskObjective:
     """The objective from the module's plain-data options (see ``MultiTaskModule``).
+
+    ``default_weights``: the fixed weight of each task ``loss_weights`` does not name.
 
     Raises:
         DriveMTLError: For a bad method, option or ``diagnose_every``.
     """
     if diagnose_every < 0:
         raise DriveMTLError(f"model.diagnose_every must be >= 0 (0: off), got {diagnose_every}.")
-    balancer = build_balancer(balancing, tasks, loss_weights)
+    balancer = build_balancer(balancing, tasks, loss_weights, default_weights)
     method = build_gradient_method(gradients)
     if balancer.needs_gradient_norms and method is not None and method.on == "features":
         raise DriveMTLError(

@@ -62,6 +62,9 @@ class Task(ABC):
     """Where report.md and the terminal show the task's section (lower: earlier)."""
     definitions: str = ""
     """The task's part of report.md's definitions (Markdown), if any."""
+    loss_weight: float = 1.0
+    """The task's weight under ``model.balancing: fixed`` where ``model.loss_weights`` does not
+    name it; each class term of a head that splits by class takes the head's."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

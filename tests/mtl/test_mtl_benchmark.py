@@ -85,3 +85,35 @@ def test_a_single_task_value_of_zero_is_left_out_of_delta_m(bench):
     assert summary["fixed"]["metrics"]["presence/car/ap"]["mean"] == 0.5
     assert summary[bench.SINGLE]["left_out_of_delta_m"] == ["presence/car/ap"]
     assert "Left out of Delta_m" in bench.table(summary)
+
+
+def test_parallel_runs_are_filed_under_their_seed_and_method(bench, monkeypatch, tmp_path):
+    setup = bench.Setup(
+        "t",
+        "test",
+        [],
+        ["presence/car/ap", "depth/abs_rel"],
+        {"presence/car": "presence/car/ap", "depth": "depth/abs_rel"},
+        seeds=(0, 1),
+    )
+    calls = []
+
+    def fake_run(setup, name, flags, seed, out, threads):
+        calls.append((name, seed, threads))
+        if name.startswith("single"):
+            return _run(0.8, None) if "car" in name else _run(None, 0.2)
+        # Each shared network's car AP encodes its seed and method: a mix-up changes Delta_m.
+        car = 0.8 * (1 + 0.1 * (seed + 1)) if name == "fixed" else 0.8
+        return _run(car, 0.2)
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr(bench, "_cores", lambda: 4)
+    summary = bench.benchmark(setup, ["fixed", "famo"], tmp_path, jobs=2)
+    # fixed: car +10 % (seed 0) and +20 % (seed 1), depth 0 -> Delta_m 5 and 10.
+    assert summary["fixed"]["delta_m"] == pytest.approx(7.5)
+    assert summary["famo"]["delta_m"] == pytest.approx(0.0)
+    assert sorted(calls) == sorted(
+        (name, seed, 2)
+        for seed in (0, 1)
+        for name in ("single presence/car", "single depth", "fixed", "famo")
+    )

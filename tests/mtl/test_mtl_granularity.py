@@ -17,6 +17,8 @@ from drivemtl.mtl.granularity import (
     term_losses,
 )
 from drivemtl.tasks import build_tasks
+from drivemtl.tasks.depth import DepthTask
+from drivemtl.tasks.presence import PresenceTask
 from tests.conftest import CLASSES
 
 
@@ -100,6 +102,27 @@ def test_loss_weights_by_head_or_class():
     }
     with pytest.raises(DriveMTLError, match=r"names tasks not trained: \['depth'\]"):
         resolve_loss_weights({"depth": 1.0}, tasks, CLASSES, terms)
+
+
+def test_a_task_not_named_takes_its_default_weight(monkeypatch):
+    monkeypatch.setattr(PresenceTask, "loss_weight", 0.5)
+    monkeypatch.setattr(DepthTask, "loss_weight", 4.0)
+    module = MultiTaskModule(
+        tasks={"presence": {}, "depth": {}},
+        granularity="class",
+        loss_weights={"presence/car": 2.0},
+    )
+    weights = dict(zip(module.objective.tasks, module.objective.balancer.weights().tolist()))
+    assert weights == {
+        "presence/pedestrian": 0.5,
+        "presence/car": 2.0,
+        "presence/stop_sign": 0.5,
+        "presence/traffic_light": 0.5,
+        "depth": 4.0,
+    }
+    # The defaults are fixed weights: a method that sets its own weights takes none of them.
+    famo = MultiTaskModule(tasks={"presence": {}, "depth": {}}, balancing="famo")
+    assert famo.objective.balancer.weights().tolist() == [1.0, 1.0]  # its own start
 
 
 def test_restricted_report_scores_the_trained_class_only():
