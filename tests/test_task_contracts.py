@@ -4,6 +4,8 @@ dataset index counts once; the head survives a state-dict round trip."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -126,6 +128,13 @@ class _PluginTask(TASKS["presence"]):
     """A third-party task: presence under another name."""
 
     name = "plugin_presence"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_default_loss_weight_is_a_usable_fixed_weight(name):
+    weight = TASKS[name].loss_weight
+    assert isinstance(weight, (int, float)) and not isinstance(weight, bool)
+    assert math.isfinite(weight) and weight > 0  # 0 would switch the task off by default
 
 
 def test_a_task_from_another_package_registers_through_its_entry_point(monkeypatch):
