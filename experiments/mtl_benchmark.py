@@ -13,9 +13,10 @@ Each setup trains, from one set of flags and for each seed:
 Every run's checkpoint is chosen on validation and scored on the test split (``drivemtl
 test``). The table gives per task metric the mean +- std over seeds, Delta_m (``drivemtl
 compare``'s convention: mean relative gain over the task metrics, higher is better, against the
-single-task networks of the same seed) as mean +- std over seeds, the mean rank of each method
-over the task metrics (1 = best; Navon et al. 2022 and Liu et al. 2023 report it), and the
-training step time relative to fixed weights (median step of the run, measured in the run).
+single-task networks of the same seed) as mean +- std over seeds and per seed, the mean rank of
+each method over the task metrics (1 = best; Navon et al. 2022 and Liu et al. 2023 report it),
+and the training step time relative to fixed weights (median step of the run, measured in the
+run). With one seed there is no spread, and none is printed.
 
 Setups:
 
@@ -384,6 +385,7 @@ def summarise(setup: Setup, methods: Sequence[str], per_seed: dict) -> dict:
         summary[name] = {
             "delta_m": statistics.mean(deltas),
             "delta_m_std": _std(deltas),
+            "delta_m_per_seed": dict(zip(per_seed, deltas)),
             "metrics": {m: {"mean": statistics.mean(v), "std": _std(v)} for m, v in values.items()},
             "step_time_ratio": statistics.median(ratios) if ratios else None,
         }
@@ -411,8 +413,9 @@ def _value(report: dict, metric: str) -> float | None:
     return flatten(report).get(metric)
 
 
-def _std(values: Sequence[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+def _std(values: Sequence[float]) -> float | None:
+    """The sample standard deviation; None for one value (a spread over one seed is unknown)."""
+    return statistics.stdev(values) if len(values) > 1 else None
 
 
 def table(result: dict) -> str:
@@ -430,7 +433,10 @@ def table(result: dict) -> str:
     methods = {n: r for n, r in result.items() if n != SINGLE}
     for name, r in sorted(methods.items(), key=lambda kv: -kv[1]["delta_m"]):
         cells = [_pm(r["metrics"][m]) for m in metrics]
-        delta = f"{r['delta_m']:+.1f} +- {r['delta_m_std']:.1f}"
+        delta = f"{r['delta_m']:+.1f}"
+        if r["delta_m_std"] is not None:
+            seeds = " / ".join(f"{d:+.1f}" for d in r["delta_m_per_seed"].values())
+            delta += f" +- {r['delta_m_std']:.1f} ({seeds})"
         ratio = "" if r["step_time_ratio"] is None else f"{r['step_time_ratio']:.2f}x"
         lines.append(
             f"| {name} | " + " | ".join(cells) + f" | {delta} | {r['mean_rank']:.1f} | {ratio} |"
@@ -442,7 +448,10 @@ def table(result: dict) -> str:
 
 
 def _pm(stat: dict) -> str:
-    return f"{stat['mean']:.3f} +- {stat['std']:.3f}" if math.isfinite(stat["mean"]) else "n/a"
+    if not math.isfinite(stat["mean"]):
+        return "n/a"
+    spread = "" if stat["std"] is None else f" +- {stat['std']:.3f}"
+    return f"{stat['mean']:.3f}{spread}"
 
 
 def main(argv: list[str] | None = None) -> int:

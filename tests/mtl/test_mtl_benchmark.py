@@ -58,6 +58,7 @@ def test_summary_gives_delta_m_spread_rank_and_step_ratio(bench):
     assert summary["fixed"]["delta_m"] == pytest.approx(0.0)
     assert summary["famo"]["delta_m"] == pytest.approx(3.75)
     assert summary["famo"]["delta_m_std"] == pytest.approx(statistics.stdev([5.0, 2.5]))
+    assert summary["famo"]["delta_m_per_seed"] == {0: pytest.approx(5.0), 1: pytest.approx(2.5)}
     assert summary["famo"]["metrics"]["depth/abs_rel"]["mean"] == pytest.approx(0.19)
     # Car AP: fixed 0.84 = famo 0.82 -> fixed first; depth (lower is better): famo first.
     assert summary["fixed"]["mean_rank"] == summary["famo"]["mean_rank"] == 1.5
@@ -65,7 +66,8 @@ def test_summary_gives_delta_m_spread_rank_and_step_ratio(bench):
     baseline = summary[bench.SINGLE]["metrics"]
     assert baseline["presence/car/ap"] == {"mean": 0.8, "std": 0.0}
     table = bench.table(summary)
-    assert "| famo | 0.820 +- 0.028 | 0.190 +- 0.014 | +3.8 +- 1.8 | 1.5 | 1.20x |" in table
+    row = "| famo | 0.820 +- 0.028 | 0.190 +- 0.014 | +3.8 +- 1.8 (+5.0 / +2.5) | 1.5 | 1.20x |"
+    assert row in table
     assert table.index("| famo |") < table.index("| fixed |")  # sorted by Delta_m
 
 
@@ -84,7 +86,11 @@ def test_a_single_task_value_of_zero_is_left_out_of_delta_m(bench):
     assert summary["fixed"]["delta_m"] == pytest.approx(10.0)  # depth alone
     assert summary["fixed"]["metrics"]["presence/car/ap"]["mean"] == 0.5
     assert summary[bench.SINGLE]["left_out_of_delta_m"] == ["presence/car/ap"]
-    assert "Left out of Delta_m" in bench.table(summary)
+    table = bench.table(summary)
+    assert "Left out of Delta_m" in table
+    # One seed has no spread: none is printed, and the JSON says null rather than 0.
+    assert summary["fixed"]["delta_m_std"] is None
+    assert "| fixed | 0.500 | 0.180 | +10.0 | 1.0 | 1.00x |" in table
 
 
 def test_parallel_runs_are_filed_under_their_seed_and_method(bench, monkeypatch, tmp_path):
