@@ -26,7 +26,8 @@ _UNION = "Does not validate against any of the Union subtypes"
 def optional_value_error(message: str) -> str:
     """jsonargparse's error for a bad value of an ``X | None`` option, without the ``None``
     alternative (nobody who gave a value meant ``null``), on one line:
-    ``Parser key "k": <X's error>, got <value>``; nested ones likewise.
+    ``Parser key "k": <X's error>, got <value>``; nested ones likewise. An error that is a whole
+    sentence (ends with a full stop) is kept without the value.
 
     Any other message is returned as it is.
     """
@@ -43,6 +44,8 @@ def optional_value_error(message: str) -> str:
     error = optional_value_error(re.sub(r"^Not of type \w+: ", "", items[0].strip()))
     value = given.partition("Given value:")[2].strip()
     error = " ".join(error.split())
-    if value and "Got value" not in error and ", got " not in error:
+    # A sentence (a validator's own message) already names what is wrong; jsonargparse's
+    # "Expected a <class 'float'>" needs the value.
+    if value and not error.endswith(".") and "Got value" not in error and ", got " not in error:
         error += f", got {value}"
     return f"{' '.join(head.split())} {error}".strip()

@@ -135,6 +135,14 @@ def test_bad_optional_task_options_are_one_line(capsys):
     assert "Union" not in err and "NoneType" not in err
 
 
+def test_an_unknown_task_option_is_one_sentence_on_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.tasks={presence: {bogus: 1}}"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    # The task's own message, without jsonargparse's ", got <the whole mapping>" after it.
+    assert err.endswith("unknown option(s) bogus; presence takes pos_weight, dropout, stages.")
+
+
 def test_one_tasks_options_cannot_be_set_alone(capsys):
     # Setting model.tasks.<task> would replace the whole list without its other tasks.
     with pytest.raises(SystemExit):
