@@ -63,13 +63,15 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
             yield number, text
 
 
-def iter_objects(path: str | Path, problems: list[str] | None = None) -> Iterator[tuple[int, dict]]:
+def iter_objects(
+    path: str | Path, problems: list[tuple[int, str]] | None = None
+) -> Iterator[tuple[int, dict]]:
     """``(line number, object)`` for every non-empty line of a JSON Lines file, streamed.
 
     Args:
         path: The file.
-        problems: When given, a bad line is appended here (``"  path:line: what"``) and
-            skipped, so that a caller can report every bad line at once.
+        problems: When given, a bad line is appended here as ``(line number, "  path:line:
+            what")`` and skipped, so that a caller can report every bad line at once.
 
     Raises:
         DriveMTLError: For a line that is not a JSON object (without ``problems``), or text
@@ -88,7 +90,7 @@ def iter_objects(path: str | Path, problems: list[str] | None = None) -> Iterato
         elif problems is None:
             raise DriveMTLError(f"{path}:{number}: {problem}.")
         else:
-            problems.append(f"  {path}:{number}: {problem}")
+            problems.append((number, f"  {path}:{number}: {problem}"))
 
 
 def load_file(path: str | Path, what: str) -> Any:

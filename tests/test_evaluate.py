@@ -281,3 +281,19 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     assert _evaluate(bare, manifest, tmp_path / "e6") == 2
     err = capsys.readouterr().err
     assert "Nothing to evaluate: no task" in err and str(bare) in err and "Traceback" not in err
+
+
+def test_bad_prediction_lines_are_reported_together_in_line_order(tmp_path):
+    from drivemtl.errors import DriveMTLError
+    from drivemtl.evaluation.predictions import read_predictions
+
+    path = tmp_path / "predictions.jsonl"
+    lines = ['{"image": "a.png"}', "{not json", '{"image": ""}', "[1]", '{"image": "b.png"}']
+    path.write_text("\n".join(lines) + "\n")
+    predictions = read_predictions(path)
+    assert predictions.images == ["a.png", "b.png"] and predictions.lines == [1, 5]
+    with pytest.raises(DriveMTLError) as error:
+        predictions.check()
+    listed = [line for line in str(error.value).splitlines() if line.startswith("  ")]
+    assert [line.split(":")[1] for line in listed] == ["2", "3", "4"]  # JSON, image, JSON
+    assert "malformed JSON" in listed[0] and "'image'" in listed[1] and "object" in listed[2]

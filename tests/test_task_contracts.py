@@ -79,7 +79,7 @@ def test_no_label_gives_zero_loss_and_finite_zero_gradients(name):
     features = [f.requires_grad_() for f in _features(2)]
     loss, count = task.loss(head(features), _batch([False, False]))
     loss.backward()
-    assert count == 0 and float(loss) == 0.0
+    assert count == 0 and float(loss.detach()) == 0.0
     for f in features:  # a level the head does not read gets no gradient at all
         assert f.grad is None or (torch.isfinite(f.grad).all() and not f.grad.any())
 
@@ -183,6 +183,16 @@ def test_a_plugin_task_brings_its_label_map_into_manifests(tmp_path):
     finally:
         TASKS.pop("normals")
         PIXEL_LABELS.pop("normals")
+
+
+@pytest.mark.parametrize("key", ["image", "boxes", "presence"])
+def test_a_label_map_cannot_take_a_key_every_manifest_has(key):
+    from drivemtl.data.pixel_labels import PixelLabel, register_pixel_label
+
+    label = PixelLabel(key, lambda path, options: np.zeros((2, 2)), 0.0, "float32")
+    with pytest.raises(ValueError, match=f"{key!r} would take a manifest key"):
+        register_pixel_label(label)
+    assert PIXEL_LABELS.get(key) is None
 
 
 def test_a_task_name_cannot_be_taken_twice():

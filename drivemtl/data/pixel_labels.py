@@ -61,7 +61,15 @@ def pixel_labels() -> dict[str, PixelLabel]:
 
 
 def register_pixel_label(label: PixelLabel) -> PixelLabel:
-    """Add a label map kind (a manifest key); the key must be new (or the same label)."""
+    """Add a label map kind (a manifest key); the key must be new (or the same label) and not
+    one of the keys every manifest has (``image``, ``boxes``, ...)."""
+    from drivemtl.data.manifest import BASE_KEYS  # here: the manifest reads this module
+
+    if label.key in BASE_KEYS:
+        raise ValueError(
+            f"pixel label {label.key!r} would take a manifest key of its own meaning "
+            f"({', '.join(BASE_KEYS)}); choose another key"
+        )
     if PIXEL_LABELS.get(label.key, label) is not label:
         raise ValueError(f"pixel label {label.key!r} is already registered")
     PIXEL_LABELS[label.key] = label

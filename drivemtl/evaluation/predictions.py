@@ -100,9 +100,9 @@ def read_predictions(path: str | Path) -> Predictions:
     path = Path(path)
     if not path.is_file():
         raise DriveMTLError(f"Predictions file not found: {path}")
-    images, rows, lines, duplicates, malformed, problems = [], [], [], [], [], []
+    images, rows, lines, duplicates, problems = [], [], [], [], []
     seen: set[str] = set()
-    for number, obj in iter_jsonl(path, malformed):
+    for number, obj in iter_jsonl(path, problems):  # bad lines land in problems
         image = obj.get("image")
         if not isinstance(image, str) or not image:
             problems.append((number, f"  {path}:{number}: 'image' must be a non-empty path string"))
@@ -114,8 +114,6 @@ def read_predictions(path: str | Path) -> Predictions:
         images.append(image)
         rows.append(obj)
         lines.append(number)
-    prefix = f"  {path}:"  # iter_jsonl's problems read "  path:line: what"
-    problems += [(int(t[len(prefix) :].split(":", 1)[0]), t) for t in malformed]
     predictions = Predictions(
         path=path,
         images=images,
