@@ -7,6 +7,7 @@ highest first, of (recall gain) x precision, with tied scores entering together.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -295,5 +296,17 @@ def test_bad_prediction_lines_are_reported_together_in_line_order(tmp_path):
     with pytest.raises(DriveMTLError) as error:
         predictions.check()
     listed = [line for line in str(error.value).splitlines() if line.startswith("  ")]
-    assert [line.split(":")[1] for line in listed] == ["2", "3", "4"]  # JSON, image, JSON
+    numbers = [re.search(r"\.jsonl:(\d+): ", line).group(1) for line in listed]
+    assert numbers == ["2", "3", "4"]  # JSON, image, JSON
     assert "malformed JSON" in listed[0] and "'image'" in listed[1] and "object" in listed[2]
+
+
+def test_the_jsonl_reader_files_each_bad_line_under_its_number(tmp_path):
+    from drivemtl.jsonl import iter_objects
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"a": 1}\n\n[2]\n{"b": 3}\n{bad\n')
+    problems: list = []
+    assert [n for n, _ in iter_objects(path, problems)] == [1, 4]  # the blank line 2 is skipped
+    assert [n for n, _ in problems] == [3, 5]
+    assert problems[0][1] == f"  {path}:3: expected a JSON object per line"

@@ -188,11 +188,19 @@ def test_a_plugin_task_brings_its_label_map_into_manifests(tmp_path):
 @pytest.mark.parametrize("key", ["image", "boxes", "presence"])
 def test_a_label_map_cannot_take_a_key_every_manifest_has(key):
     from drivemtl.data.pixel_labels import PixelLabel, register_pixel_label
+    from drivemtl.tasks import register_task
 
     label = PixelLabel(key, lambda path, options: np.zeros((2, 2)), 0.0, "float32")
     with pytest.raises(ValueError, match=f"{key!r} would take a manifest key"):
         register_pixel_label(label)
-    assert PIXEL_LABELS.get(key) is None
+
+    class Clash(TASKS["depth"]):
+        name = "clash"
+        label_map = label
+
+    with pytest.raises(ValueError, match=f"{key!r} would take a manifest key"):
+        register_task(Clash)  # a plugin task's registration is refused the same way
+    assert PIXEL_LABELS.get(key) is None and "clash" not in TASKS
 
 
 def test_a_task_name_cannot_be_taken_twice():

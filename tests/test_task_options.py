@@ -135,12 +135,23 @@ def test_bad_optional_task_options_are_one_line(capsys):
     assert "Union" not in err and "NoneType" not in err
 
 
-def test_an_unknown_task_option_is_one_sentence_on_the_command_line(capsys):
+@pytest.mark.parametrize(
+    ("tasks", "ending"),
+    [
+        (
+            "{presence: {bogus: 1}}",
+            "unknown option(s) bogus; presence takes pos_weight, dropout, stages.",
+        ),
+        # A task's own check whose message has no full stop of its own.
+        ("{detection: {max_detections: 0}}", "max_detections and topk_candidates must be >= 1."),
+    ],
+)
+def test_a_bad_task_option_is_one_sentence_on_the_command_line(capsys, tasks, ending):
     with pytest.raises(SystemExit):
-        main(["fit", "--model.tasks={presence: {bogus: 1}}"])
+        main(["fit", f"--model.tasks={tasks}"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     # The task's own message, without jsonargparse's ", got <the whole mapping>" after it.
-    assert err.endswith("unknown option(s) bogus; presence takes pos_weight, dropout, stages.")
+    assert err.endswith(ending)
 
 
 def test_one_tasks_options_cannot_be_set_alone(capsys):

@@ -90,11 +90,17 @@ def complete_task_options(spec: Mapping[str, Mapping | None] | None) -> dict[str
         except ArgumentError as e:
             message = " ".join(optional_value_error(str(e)).split())
             message = message.replace('Parser key "', 'option "')
-            raise DriveMTLError(f"Bad options for task {name!r}: {message}") from None
+            raise DriveMTLError(_sentence(f"Bad options for task {name!r}: {message}")) from None
         except (TypeError, ValueError) as e:
-            raise DriveMTLError(f"Bad options for task {name!r}: {e}") from None
+            raise DriveMTLError(_sentence(f"Bad options for task {name!r}: {e}")) from None
         completed[name] = values
     return completed
+
+
+def _sentence(message: str) -> str:
+    """``message`` ending with a full stop: jsonargparse then adds no ``, got <the mapping>``
+    after it (``errors.optional_value_error``), which would repeat every task's options."""
+    return message if message.endswith(".") else f"{message}."
 
 
 def build_tasks(spec: Mapping[str, Mapping | None] | None) -> dict[str, Task]:

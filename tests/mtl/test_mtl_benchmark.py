@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -58,7 +60,8 @@ def test_summary_gives_delta_m_spread_rank_and_step_ratio(bench):
     assert summary["fixed"]["delta_m"] == pytest.approx(0.0)
     assert summary["famo"]["delta_m"] == pytest.approx(3.75)
     assert summary["famo"]["delta_m_std"] == pytest.approx(statistics.stdev([5.0, 2.5]))
-    assert summary["famo"]["delta_m_per_seed"] == {0: pytest.approx(5.0), 1: pytest.approx(2.5)}
+    assert summary["famo"]["delta_m_per_seed"] == {"0": pytest.approx(5.0), "1": pytest.approx(2.5)}
+    assert json.loads(json.dumps(summary)) == summary  # --json writes what the table reads
     assert summary["famo"]["metrics"]["depth/abs_rel"]["mean"] == pytest.approx(0.19)
     # Car AP: fixed 0.84 = famo 0.82 -> fixed first; depth (lower is better): famo first.
     assert summary["fixed"]["mean_rank"] == summary["famo"]["mean_rank"] == 1.5
@@ -90,7 +93,16 @@ def test_a_single_task_value_of_zero_is_left_out_of_delta_m(bench):
     assert "Left out of Delta_m" in table
     # One seed has no spread: none is printed, and the JSON says null rather than 0.
     assert summary["fixed"]["delta_m_std"] is None
+    assert '"delta_m_std": null' in json.dumps(summary["fixed"])
     assert "| fixed | 0.500 | 0.180 | +10.0 | 1.0 | 1.00x |" in table
+    assert "| single-task networks | 0.000 | 0.200 | 0 | | |" in table
+
+
+def test_tied_values_share_their_mean_rank_and_nan_ranks_last(bench):
+    values = {"a": 1.0, "b": 0.5, "c": 1.0, "d": math.nan, "e": 0.2}
+    assert bench.ranks(values, lower=False) == {"a": 1.5, "c": 1.5, "b": 3, "e": 4, "d": 5}
+    assert bench.ranks(values, lower=True) == {"e": 1, "b": 2, "a": 3.5, "c": 3.5, "d": 5}
+    assert bench.ranks({"x": math.nan, "y": math.nan}, lower=False) == {"x": 1.5, "y": 1.5}
 
 
 def test_parallel_runs_are_filed_under_their_seed_and_method(bench, monkeypatch, tmp_path):
