@@ -195,12 +195,14 @@ def read_cityscapes(
             except (OSError, ValueError, KeyError, TypeError) as e:
                 report.problem(path, "", "cannot convert disparity", str(e), "no depth")
         ids = path.with_name(prefix + LABEL_IDS_SUFFIX)
-        if segmentation_dir is not None and ids.is_file():
+        # No mask (nor depth) for a missing image: the entry is skipped, and the file would be
+        # left behind in the output folder with no manifest line pointing at it.
+        if segmentation_dir is not None and ids.is_file() and image.is_file():
             try:
                 record.segmentation = _write_mask(ids, Path(segmentation_dir) / city, prefix)
             except (OSError, ValueError) as e:
                 report.problem(path, "", "cannot convert label ids", str(e), "no mask")
-        elif segmentation_dir is not None:
+        elif segmentation_dir is not None and image.is_file():
             missing_masks += 1
         records.append(record)
     if missing_masks:

@@ -562,6 +562,20 @@ def test_cityscapes_label_ids_become_segmentation_masks(cityscapes_root, tmp_pat
     assert any("without a *_gtFine_labelIds.png" in n for n in conv.summary.notes)
 
 
+def test_cityscapes_writes_no_mask_or_depth_for_a_missing_image(cityscapes_root, tmp_path):
+    prefix = "aachen_000000_000019"  # has disparity, camera and (here) label ids
+    gt = cityscapes_root / "gtFine" / "val" / "aachen"
+    Image.fromarray(np.full((32, 64), 7, np.uint8)).save(gt / f"{prefix}_gtFine_labelIds.png")
+    (cityscapes_root / "leftImg8bit" / "val" / "aachen" / f"{prefix}_leftImg8bit.png").unlink()
+    out = tmp_path / "out" / "val.jsonl"
+    conv = convert_cityscapes(cityscapes_root, "val", out=out)
+    assert list(written(conv, out)) == ["aachen_000001_000019_leftImg8bit.png"]
+    assert any(f"{prefix}_leftImg8bit.png" in str(p) for p in conv.problems)
+    # The skipped entry leaves no file behind that no manifest line names.
+    assert not list((out.parent / "val_segmentation").rglob("*.png"))
+    assert not list((out.parent / "val_depth").rglob("*.png"))
+
+
 def test_cityscapes_label_ids_beyond_255_are_refused(cityscapes_root, tmp_path):
     ids = np.full((32, 64), 7, np.uint16)
     ids[0, 0] = 263  # would wrap to 7 (road) in 8 bits
