@@ -14,6 +14,7 @@ from drivemtl.data.datasets import ManifestDataset
 from drivemtl.data.manifest import read_manifest
 from drivemtl.data.transforms import build_transform
 from drivemtl.module import MultiTaskModule
+from drivemtl.tasks import complete_task_options
 from tests.conftest import CLASSES, write_image
 
 TINY = [
@@ -210,6 +211,11 @@ def test_fit_help_lists_every_task_with_its_options(capsys):
         assert f"{name} {{{options[0]}: " in out, name
         assert all(f"{option}: " in out for option in options), name
     assert "segmentation {classes: null, width: 64, class_weights: null}" in out
+    # Defaults in a config's spelling: the default task list as JSON (YAML's flow style).
+    default = json.dumps(complete_task_options(None))
+    assert f"default: {default})" in out
+    assert "default: {'" not in out and "default: None" not in out
+    assert "default: True" not in out and "default: False" not in out
 
 
 def test_an_unreadable_image_in_a_loader_worker_is_one_clean_message(tmp_path, capsys):

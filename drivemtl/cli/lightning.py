@@ -8,12 +8,14 @@ Lightning.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -89,9 +91,29 @@ def with_safe_checkpoint_io(plugins) -> list:
     return [*plugins, SafeCheckpointIO()]
 
 
+class YAMLDefaultsHelpFormatter(DefaultHelpFormatter):
+    """``--help`` with mapping, list and bool defaults as a config writes them (``null``, ``true``,
+    ``{task: {option: value}}``), not as Python reprs (``None``, ``True``)."""
+
+    def _get_help_string(self, action) -> str:
+        text = super()._get_help_string(action)
+        # jsonargparse has set action.default to the parser's default before this call.
+        if isinstance(action.default, (dict, list, bool)):
+            try:
+                shown = json.dumps(action.default).replace("%", "%%")  # a template: % escaped
+            except TypeError:
+                return text
+            text = text.replace("default: %(default)s", f"default: {shown}")
+        return text
+
+
 class DriveArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser with a one-line usage on errors (not every option it has) and
-    shorter messages for optional values."""
+    """LightningCLI's parser with a one-line usage on errors (not every option it has),
+    shorter messages for optional values and defaults in YAML's spelling in ``--help``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", YAMLDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def print_usage(self, file=None) -> None:
         prog = self.prog.replace(" [options]", "")
