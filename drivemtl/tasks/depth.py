@@ -26,7 +26,7 @@ from drivemtl.evaluation.maps import score_maps
 from drivemtl.metrics.depth import DEFAULT_MAX_DEPTH, DEFAULT_MIN_DEPTH, METRICS, DepthMetric
 from drivemtl.models.fpn import FPNDecoder, conv_bn_relu
 from drivemtl.prediction.depth_preview import colorize_depth
-from drivemtl.reporting import cell
+from drivemtl.reporting import cell, markdown_table
 from drivemtl.tasks.base import Task, register_task
 
 DEPTH_DEFINITIONS = """\
@@ -386,10 +386,8 @@ class DepthTask(Task):
     @classmethod
     def markdown(cls, section: dict) -> str:
         """The depth metrics as a one-row Markdown table, with the counts."""
-        head = [*METRICS, "valid_pixels", "images"]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-        lines.append("| " + " | ".join(cell(section.get(k)) for k in head) + " |")
-        return "\n".join(lines)
+        head = (*METRICS, "valid_pixels", "images")
+        return markdown_table([head, tuple(cell(section.get(k)) for k in head)])
 
     def save_map(self, value: np.ndarray, path: str) -> None:
         save_depth_png(np.squeeze(np.asarray(value, dtype=np.float32)), path)
