@@ -168,3 +168,35 @@ def test_the_python_api_stores_the_completed_options():
     model = MultiTaskModule(tasks={"presence": {"stages": 1}}, image_size=(64, 96))
     assert model.hparams.tasks == {"presence": {"pos_weight": None, "dropout": 0.2, "stages": 1}}
     assert MultiTaskModule(image_size=(64, 96)).hparams.tasks == complete_task_options(None)
+
+
+def test_a_plugin_task_that_passes_kwargs_on_keeps_its_parents_options():
+    """A plugin subclassing a task with ``**kwargs``: its own option and every parent option
+    are accepted, completed, checked and listed in ``--help``."""
+    from drivemtl.tasks import build_tasks, describe_task_options, register_task
+
+    class Deeper(TASKS["depth"]):
+        name = "deeper"
+
+        def __init__(self, extra: float = 1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.extra = extra
+
+    register_task(Deeper)
+    try:
+        completed = complete_task_options({"deeper": {"lam": 0.5, "extra": 2.0}})["deeper"]
+        assert completed == {
+            "extra": 2.0,
+            **complete_task_options({"depth": {"lam": 0.5}})["depth"],
+        }
+        built = build_tasks({"deeper": {"lam": 0.5, "extra": 2.0}})["deeper"]
+        assert (built.extra, built.lam, built.width) == (2.0, 0.5, 64)
+        with pytest.raises(
+            DriveMTLError, match=r"unknown option\(s\) lamda; deeper takes extra, lam"
+        ):
+            complete_task_options({"deeper": {"lamda": 0.5}})
+        with pytest.raises(DriveMTLError, match=r"depth lam must be in \[0, 1\]"):
+            complete_task_options({"deeper": {"lam": 2.0}})  # the parent's own check
+        assert "deeper {extra: 1.0, lam: 0.85, sqrt: false," in describe_task_options()
+    finally:
+        TASKS.pop("deeper")

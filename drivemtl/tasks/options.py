@@ -1,5 +1,5 @@
 """``model.tasks``: the tasks to train and their options, checked against each task's
-``__init__`` signature.
+``__init__`` signature (and its parent's, where ``**kwargs`` are passed on).
 
 jsonargparse validates ``model.tasks`` through :class:`TaskOptions` when a config is parsed:
 an unknown task, an unknown option, a value of the wrong type or one the task refuses stops
@@ -10,7 +10,6 @@ checkpoint's hyperparameters state every option the run used.
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Mapping
 from functools import cache
@@ -32,13 +31,23 @@ class TaskOptions:
     """
 
 
-def _options(cls: type[Task]) -> list[inspect.Parameter]:
-    """The task's options: the named parameters of its ``__init__``."""
-    return [
-        p
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
+REQUIRED = object()
+"""The default of an option the task cannot do without (:func:`task_options`)."""
+
+
+def task_options(cls: type[Task]) -> dict[str, object]:
+    """The task's options and their defaults (:data:`REQUIRED` where there is none).
+
+    They are what jsonargparse parses: the named parameters of the task's ``__init__`` and, where
+    it passes ``**kwargs`` on (``super().__init__(**kwargs)``), the options of the class it
+    passes them to, so that a plugin subclassing a task keeps every option of its parent.
+    """
+    options = {}
+    for action in _options_parser(cls)._actions:
+        if action.dest == "help" or "." in action.dest:  # nested: an option's own fields
+            continue
+        options[action.dest] = REQUIRED if action.required else action.default
+    return options
 
 
 @cache
@@ -77,7 +86,7 @@ def complete_task_options(spec: Mapping[str, Mapping | None] | None) -> dict[str
             raise DriveMTLError(
                 f"Bad options for task {name!r}: expected a mapping of options, got {options!r}."
             )
-        known = [p.name for p in _options(cls)]
+        known = list(task_options(cls))
         unknown = [key for key in options or {} if key not in known]
         if unknown:
             raise DriveMTLError(
@@ -121,8 +130,8 @@ def describe_task_options() -> str:
     parts = []
     for name, task in TASKS.items():
         options = [
-            f"{p.name}: {shown(p.default)}" if p.default is not p.empty else p.name
-            for p in _options(task)
+            name if default is REQUIRED else f"{name}: {shown(default)}"
+            for name, default in task_options(task).items()
         ]
         parts.append(f"{name} {{{', '.join(options)}}}")
     return "; ".join(parts)
