@@ -242,6 +242,12 @@ CASES = [
          ("Bad options for task 'presence': unknown option(s) dropuot; presence takes",)),
     Case("flag-accelerator", (*_fit_on("val.jsonl"), "--trainer.accelerator=tpu"),
          ("torch_xla",)),
+    Case("flag-strategy", (*_fit_on("val.jsonl"), "--trainer.strategy=dpp"),
+         ("Bad trainer setting: You selected an invalid strategy name: `strategy='dpp'`",)),
+    Case("flag-accumulate", (*_fit_on("val.jsonl"), "--trainer.accumulate_grad_batches=0"),
+         ("trainer.accumulate_grad_batches must be 1 or more, got 0",)),
+    Case("flag-negative-clip", (*_fit_on("val.jsonl"), "--trainer.gradient_clip_val=-1"),
+         ("trainer.gradient_clip_val must be 0 or more",)),
     # -- converters ------------------------------------------------------------------------------
     Case("convert-yolo-on-voc", ("convert", "yolo", "--labels={root}/voc", "--images={root}/img",
                                  "--names={root}/names.yaml", "--out={root}/c1.jsonl"),

@@ -147,8 +147,25 @@ class RunTrainer(Trainer):
 
     Lightning writes ``config.yaml`` (and profiler reports) into ``log_dir``, the first
     logger's folder: for wandb or MLflow not the run folder. Here ``log_dir`` is always
-    ``default_root_dir``, the folder the CLI creates and prints.
+    ``default_root_dir``, the folder the CLI creates and prints. Settings Lightning would take
+    and then fail on (or train wrongly with) are refused here, before anything is built.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        accumulate = kwargs.get("accumulate_grad_batches", 1)
+        if isinstance(accumulate, int) and accumulate < 1:  # Lightning divides by it
+            raise DriveMTLError(
+                f"trainer.accumulate_grad_batches must be 1 or more, got {accumulate}."
+            )
+        clip = kwargs.get("gradient_clip_val")
+        if clip is not None and not clip >= 0:  # a negative clip reverses the gradients
+            raise DriveMTLError(
+                f"trainer.gradient_clip_val must be 0 or more (0 or null: no clipping), got {clip}."
+            )
+        try:
+            super().__init__(*args, **kwargs)
+        except ValueError as e:  # Lightning's checks of names it looks up (strategy, plugins)
+            raise DriveMTLError(f"Bad trainer setting: {e}") from e
 
     @property
     def log_dir(self) -> str:
