@@ -130,8 +130,8 @@ def describe_task_options() -> str:
     parts = []
     for name, task in TASKS.items():
         options = [
-            name if default is REQUIRED else f"{name}: {shown(default)}"
-            for name, default in task_options(task).items()
+            option if default is REQUIRED else f"{option}: {shown(default)}"
+            for option, default in task_options(task).items()
         ]
         parts.append(f"{name} {{{', '.join(options)}}}")
     return "; ".join(parts)
