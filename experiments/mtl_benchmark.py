@@ -31,7 +31,11 @@ Setups:
   once they are there.
 
 A run whose folder holds its test metrics is reused, so an interrupted benchmark continues where
-it stopped (delete ``--out`` to start again).
+it stopped (delete ``--out`` to start again). Each run records its seconds (``run_time.json``),
+and the summary's settings give each setup's runs added up (``run_minutes``: what one job takes;
+``--jobs N`` takes about that over N), so a benchmark joined from several sittings still says
+what it costs. Runs start longest first (gradient methods on the parameters), so that the
+pool's jobs finish together.
 
 ``--jobs N`` trains N runs at once, each with ``cores / N`` torch threads: a small network uses
 one core better than two, so this is faster even on 2 cores (the README has the figures), and
@@ -316,9 +320,13 @@ def run(
         if status.returncode != 0:
             sys.exit(f"[{setup.name} seed {seed}] {name} failed; see {folder / 'log.txt'}")
         seconds = time.perf_counter() - start
+        record = {"seconds": round(seconds, 1), "threads": threads}
+        (folder / "run_time.json").write_text(json.dumps(record) + "\n")
         _say(f"[{setup.name} seed {seed}] {name}: {seconds:.0f} s")
     step = json.loads((folder / "step_time.json").read_text())
-    return {"metrics": json.loads(tested.read_text()), "step_s": step["median_s"]}
+    timed = folder / "run_time.json"  # absent in runs of an older version of this script
+    seconds = json.loads(timed.read_text())["seconds"] if timed.is_file() else None
+    return {"metrics": json.loads(tested.read_text()), "step_s": step["median_s"], "run_s": seconds}
 
 
 def _say(line: str) -> None:
@@ -327,8 +335,11 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def benchmark(setup: Setup, methods: Sequence[str], out: Path, jobs: int = 1) -> dict:
-    """Every method and single-task network of one setup, for each seed; the summary.
+def benchmark(
+    setup: Setup, methods: Sequence[str], out: Path, jobs: int = 1
+) -> tuple[dict, float | None]:
+    """Every method and single-task network of one setup, for each seed: the summary and the
+    runs' seconds added up (:func:`total_run_seconds`).
 
     Args:
         jobs: Runs trained at once, each with an equal share of the cores.
@@ -346,13 +357,16 @@ def benchmark(setup: Setup, methods: Sequence[str], out: Path, jobs: int = 1) ->
     planned += [
         (seed, "shared", name, name, flags[name]) for seed in setup.seeds for name in methods
     ]
+    # Longest first, so that the last runs of a pool are short ones and no job waits long
+    # on the others: gradient methods on the parameters take one backward pass per task.
+    planned.sort(key=lambda p: (p[1] != "shared", p[2] not in GRADIENTS))
     threads = max(1, _cores() // jobs) if jobs > 1 else None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = pool.map(lambda p: run(setup, p[3], p[4], p[0], out, threads), planned)
         per_seed: dict[int, dict] = {seed: {"singles": {}, "shared": {}} for seed in setup.seeds}
         for (seed, kind, key, _, _), result in zip(planned, results):
             per_seed[seed][kind][key] = result
-    return summarise(setup, methods, per_seed)
+    return summarise(setup, methods, per_seed), total_run_seconds(per_seed)
 
 
 def _cores() -> int:
@@ -389,6 +403,7 @@ def summarise(setup: Setup, methods: Sequence[str], per_seed: dict) -> dict:
             "delta_m_per_seed": {str(seed): d for seed, d in zip(per_seed, deltas)},
             "metrics": {m: {"mean": statistics.mean(v), "std": _std(v)} for m, v in values.items()},
             "step_time_ratio": statistics.median(ratios) if ratios else None,
+            "run_s": _mean_known([r["shared"][name].get("run_s") for r in per_seed.values()]),
         }
     singles: dict[str, list[float]] = {m: [] for m in setup.metrics}
     for result in per_seed.values():
@@ -404,7 +419,23 @@ def summarise(setup: Setup, methods: Sequence[str], per_seed: dict) -> dict:
     baseline = {m: {"mean": statistics.mean(v), "std": _std(v)} for m, v in singles.items()}
     summary[SINGLE] = {"delta_m": 0.0, "delta_m_std": 0.0, "metrics": baseline}
     summary[SINGLE]["left_out_of_delta_m"] = sorted(excluded)
+    singles_s = [r.get("run_s") for seed in per_seed.values() for r in seed["singles"].values()]
+    summary[SINGLE]["run_s"] = _mean_known(singles_s)
     return summary
+
+
+def total_run_seconds(per_seed: dict) -> float | None:
+    """The seconds of every run of a setup added up (what one job would take), or ``None``
+    when a reused run has no time recorded."""
+    times = [
+        r.get("run_s") for s in per_seed.values() for kind in s.values() for r in kind.values()
+    ]
+    return None if None in times else round(sum(times), 1)
+
+
+def _mean_known(values: Sequence[float | None]) -> float | None:
+    """The mean, or ``None`` when a value is unknown."""
+    return None if not values or None in values else round(statistics.mean(values), 1)
 
 
 def ranks(values: dict[str, float], lower: bool) -> dict[str, float]:
@@ -515,13 +546,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"setup ({key}) skipped: {setup.unavailable}", flush=True)
             results["settings"][key]["skipped"] = setup.unavailable
             continue
-        results[key] = benchmark(setup, methods, out, args.jobs)
+        results[key], seconds = benchmark(setup, methods, out, args.jobs)
+        run_minutes = None if seconds is None else round(seconds / 60, 1)
+        results["settings"][key]["run_minutes"] = run_minutes
         print(f"\nSetup ({key}): {setup.description}\n\n{table(results[key])}", flush=True)
+        if run_minutes is not None:
+            print(f"Its runs took {run_minutes} min added up (one job).", flush=True)
     minutes = (time.perf_counter() - started) / 60
     results["default"] = DEFAULT
     results["settings"]["machine"] = f"{cpu_model()}, {_cores()} cores"
     results["settings"]["jobs"] = args.jobs
-    results["settings"]["minutes"] = round(minutes, 1)
+    results["settings"]["wall_minutes"] = round(minutes, 1)  # this call: reused runs cost 0
     print(f"{minutes:.1f} min on {results['settings']['machine']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

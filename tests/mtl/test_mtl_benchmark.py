@@ -33,8 +33,8 @@ def _report(car: float | None, abs_rel: float | None) -> dict:
     return report
 
 
-def _run(car, abs_rel, step=1.0):
-    return {"metrics": _report(car, abs_rel), "step_s": step}
+def _run(car, abs_rel, step=1.0, seconds=None):
+    return {"metrics": _report(car, abs_rel), "step_s": step, "run_s": seconds}
 
 
 def test_summary_gives_delta_m_spread_rank_and_step_ratio(bench):
@@ -46,13 +46,16 @@ def test_summary_gives_delta_m_spread_rank_and_step_ratio(bench):
         {"presence/car": "presence/car/ap", "depth": "depth/abs_rel"},
         seeds=(0, 1),
     )
-    singles = {"presence/car": _run(0.8, None), "depth": _run(None, 0.2)}
+    singles = {"presence/car": _run(0.8, None, seconds=40), "depth": _run(None, 0.2, seconds=60)}
     per_seed = {
         0: {
             "singles": singles,
-            "shared": {"fixed": _run(0.88, 0.22), "famo": _run(0.8, 0.18, 1.1)},
+            "shared": {"fixed": _run(0.88, 0.22, 1, 100), "famo": _run(0.8, 0.18, 1.1, 110)},
         },
-        1: {"singles": singles, "shared": {"fixed": _run(0.8, 0.2), "famo": _run(0.84, 0.2, 1.3)}},
+        1: {
+            "singles": singles,
+            "shared": {"fixed": _run(0.8, 0.2, 1, 90), "famo": _run(0.84, 0.2, 1.3, 130)},
+        },
     }
     summary = bench.summarise(setup, ["fixed", "famo"], per_seed)
     # Seed 0: fixed (+10 % car, -10 % depth) = 0; famo (0, +10 %) = +5. Seed 1: fixed 0,
@@ -68,6 +71,14 @@ def test_summary_gives_delta_m_spread_rank_and_step_ratio(bench):
     assert summary["famo"]["step_time_ratio"] == pytest.approx(1.2)
     baseline = summary[bench.SINGLE]["metrics"]
     assert baseline["presence/car/ap"] == {"mean": 0.8, "std": 0.0}
+    # Seconds: famo (110 + 130) / 2, a single network (40 + 60 + 40 + 60) / 4; all 8 runs
+    # 2 * 100 + 100 + 90 + 110 + 130.
+    assert summary["famo"]["run_s"] == 120
+    assert summary[bench.SINGLE]["run_s"] == 50
+    assert bench.total_run_seconds(per_seed) == 630
+    per_seed[1]["shared"]["famo"]["run_s"] = None  # reused from a run that did not time itself
+    assert bench.total_run_seconds(per_seed) is None
+    assert bench.summarise(setup, ["fixed", "famo"], per_seed)["famo"]["run_s"] is None
     table = bench.table(summary)
     row = "| famo | 0.820 +- 0.028 | 0.190 +- 0.014 | +3.8 +- 1.8 (+5.0 / +2.5) | 1.5 | 1.20x |"
     assert row in table
@@ -126,7 +137,8 @@ def test_parallel_runs_are_filed_under_their_seed_and_method(bench, monkeypatch,
 
     monkeypatch.setattr(bench, "run", fake_run)
     monkeypatch.setattr(bench, "_cores", lambda: 4)
-    summary = bench.benchmark(setup, ["fixed", "famo"], tmp_path, jobs=2)
+    summary, seconds = bench.benchmark(setup, ["fixed", "famo"], tmp_path, jobs=2)
+    assert seconds is None  # the fake runs record no time
     # fixed: car +10 % (seed 0) and +20 % (seed 1), depth 0 -> Delta_m 5 and 10.
     assert summary["fixed"]["delta_m"] == pytest.approx(7.5)
     assert summary["famo"]["delta_m"] == pytest.approx(0.0)
@@ -135,3 +147,34 @@ def test_parallel_runs_are_filed_under_their_seed_and_method(bench, monkeypatch,
         for seed in (0, 1)
         for name in ("single presence/car", "single depth", "fixed", "famo")
     )
+
+
+def test_runs_start_longest_first(bench, monkeypatch, tmp_path):
+    setup = bench.Setup("t", "test", [], ["depth/abs_rel"], {"depth": "depth/abs_rel"})
+    calls = []
+
+    def fake_run(setup, name, flags, seed, out, threads):
+        calls.append((name, seed))
+        return _run(None, 0.2, seconds=1.5)
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    _, seconds = bench.benchmark(setup, ["fixed", "pcgrad", "famo"], tmp_path, jobs=1)
+    # One backward pass per task first, then the other shared networks, the baselines last.
+    assert calls == [
+        *(("pcgrad", seed) for seed in (0, 1, 2)),
+        *((name, seed) for seed in (0, 1, 2) for name in ("fixed", "famo")),
+        *(("single depth", seed) for seed in (0, 1, 2)),
+    ]
+    assert seconds == 12 * 1.5
+
+
+def test_a_reused_run_reports_the_seconds_it_recorded(bench, tmp_path):
+    setup = bench.Setup("t", "test", [], ["depth/abs_rel"], {"depth": "depth/abs_rel"})
+    folder = tmp_path / "t" / "seed0" / "fixed"
+    (folder / "test").mkdir(parents=True)
+    (folder / "test" / "metrics.json").write_text('{"depth": {"abs_rel": 0.2}}')
+    (folder / "step_time.json").write_text('{"median_s": 0.5, "steps": 10}')
+    reused = bench.run(setup, "fixed", [], 0, tmp_path)
+    assert reused == {"metrics": {"depth": {"abs_rel": 0.2}}, "step_s": 0.5, "run_s": None}
+    (folder / "run_time.json").write_text('{"seconds": 97.3, "threads": 1}')
+    assert bench.run(setup, "fixed", [], 0, tmp_path)["run_s"] == 97.3
