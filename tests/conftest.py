@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,13 @@ from PIL import Image
 
 CLASSES = ["pedestrian", "car", "stop_sign", "traffic_light"]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core this process may use, up to 8 (each worker holds
+    torch and its files' trained runs; more than 8 would mostly wait on the slowest file)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 8))
 
 
 def write_image(path: Path, width: int = 48, height: int = 32, seed: int = 0) -> Path:
