@@ -11,6 +11,7 @@ downloaded first is checked like any other local file. ``file://`` URLs name loc
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 import stat
@@ -25,6 +26,8 @@ from urllib.parse import unquote, urlparse
 import torch
 
 from drivemtl.errors import DriveMTLError
+
+log = logging.getLogger(__name__)
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -127,6 +130,34 @@ def load_checkpoint(
             except RuntimeError:
                 pass  # not a zip file: read it whole below
         return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def drop_unread_stages(
+    stored: dict[str, Any], expected: Mapping[str, torch.Tensor], what: str = "the checkpoint"
+) -> int:
+    """Drop, in place, trunk tensors of backbone stages that the model no longer builds.
+
+    A stage that no head reads (the stride-32 stage under detection alone on its default
+    levels) is no longer built; checkpoints written before that carry its weights. They are
+    dropped only when they are the whole difference: every other key matches.
+
+    Returns:
+        How many tensors were dropped.
+    """
+    unexpected = [k for k in stored if k not in expected]
+    if not unexpected or any(k not in stored for k in expected):
+        return 0
+    if not all(k.startswith(("trunk.", "net.trunk.")) for k in unexpected):
+        return 0
+    for key in unexpected:
+        del stored[key]
+    log.info(
+        "%s: left out %d tensors of backbone stages that no head reads (e.g. %s)",
+        what,
+        len(unexpected),
+        unexpected[0],
+    )
+    return len(unexpected)
 
 
 def check_state_fits(

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from drivemtl import finetune
-from drivemtl.checkpoints import check_state_fits, load_checkpoint
+from drivemtl.checkpoints import check_state_fits, drop_unread_stages, load_checkpoint
 from drivemtl.data.batch import Batch
 from drivemtl.data.labels import DEFAULT_CLASSES
 from drivemtl.deploy.decode import decode_outputs
@@ -398,7 +398,17 @@ class MultiTaskModule(L.LightningModule):
         """Check the weights against the model the hyperparameters built (before loading)."""
         source = getattr(self._trainer, "ckpt_path", None) or checkpoint.get("_source")
         what = f"checkpoint {source}" if source else "the checkpoint"
-        check_state_fits(checkpoint.get("state_dict") or {}, self.state_dict(), what)
+        state = checkpoint.get("state_dict") or {}
+        dropped = drop_unread_stages(state, self.state_dict(), what)
+        check_state_fits(state, self.state_dict(), what)
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        if dropped and fitting and checkpoint.get("optimizer_states"):
+            raise DriveMTLError(
+                f"{what} carries {dropped} tensors of a backbone stage that no head reads "
+                "(written before such stages were left out): its weights load, for validate, "
+                "test, predict and export, but its optimiser state does not fit this model. "
+                f"To train on, start a new fit from its weights: --model.init_from {source}."
+            )
         random_state = checkpoint.get("random_state") or {}
         if self._trainer is not None and "torch" in random_state:  # a Trainer restores it
             torch.set_rng_state(random_state["torch"])

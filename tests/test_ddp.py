@@ -87,3 +87,28 @@ def test_two_processes_match_one(tmp_path, tiny_presence_set, backbone):
     assert (fit_two / "checkpoints" / "best.ckpt").is_file()
     fitted = json.loads((fit_two / "metrics.json").read_text())["presence"]
     assert {c: m["labelled"] for c, m in fitted["per_class"].items()} == labelled
+
+
+def test_a_head_that_leaves_the_last_stage_unread_trains_under_ddp(tmp_path):
+    """Detection on its default levels (strides 4-16) reads three stages; its private copy of
+    the fourth, were it built, would be a parameter without a gradient, which DDP refuses."""
+    run = tmp_path / "run"
+    _run_ddp(
+        [
+            "fit",
+            *COMMON,
+            "--model.backbone=mobilenet_v3_small",
+            "--model.tasks={detection: {}, presence: {}}",
+            "--model.sharing={partial: {branch: {detection: 2}}}",
+            "--data.synthetic.width=72",
+            "--data.synthetic.height=48",
+            "--data.synthetic.train=8",
+            "--data.synthetic.val=4",
+            "--data.synthetic.test=2",
+            "--trainer.max_epochs=1",
+            f"--trainer.default_root_dir={run}",
+        ]
+    )
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["detection"]["images"] == 4  # every validation image once, over 2 ranks

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+
 import pytest
 import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from drivemtl.checkpoints import drop_unread_stages
 from drivemtl.errors import DriveMTLError
 from drivemtl.models.backbones import Backbone
 from drivemtl.models.sharing import (
@@ -192,3 +196,116 @@ def test_every_parameter_gets_a_gradient_with_two_heads(sharing, backbone, tasks
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    "sharing",
+    [
+        {"hard": {}},
+        {"partial": {"branch": {"detection": 3}}},
+        {"partial": {"branch": {"detection": 1}}},
+        {"soft": {"weight": 0.01}},
+        {"mmoe": {"experts": 2}},
+        {"mmoe": {"experts": 2, "stem_stages": 3}},  # detection reads the stem only
+    ],
+)
+@pytest.mark.parametrize(
+    "tasks",
+    [{"detection": {}}, {"presence": {}, "detection": {}}],
+    ids=["detection-alone", "with-presence"],
+)
+def test_a_stage_no_head_reads_is_not_built(sharing, tasks):
+    """Detection on its default levels (strides 4-16) leaves the stride-32 stage unread: under
+    DDP a stage built but unread is an unused parameter, so it must not exist."""
+    model = MultiTaskModule(backbone="mobilenet_v3_small", tasks=tasks, sharing=sharing)
+    outputs = model(torch.randint(0, 255, (2, 3, 64, 96), dtype=torch.uint8))
+    loss = sum(_mean_of(o) for o in outputs.values()) + model.net.sharing_penalty()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    # The stride-32 stage (index 3) exists exactly when presence, which pools it, is trained.
+    built = {index for index, _ in model.net.trunk.backbone_stages()}
+    assert (3 in built) == ("presence" in tasks)
+
+
+def test_a_trunk_gives_each_task_the_stages_it_reads(backbone):
+    full = copy.deepcopy(backbone)
+    x = image()
+    with torch.no_grad():
+        expected = full(x)
+        partial = PartialSharing(copy.deepcopy(backbone), {"a": 3, "b": 4}, branch={"a": 1})
+        out = partial(x)
+        hard = HardSharing(copy.deepcopy(backbone), {"a": 3, "b": 2})(x)
+        stemmed = MixtureOfExperts(copy.deepcopy(backbone), {"a": 2, "b": 4}, 1, stem_stages=2)
+        mixed = stemmed(x)
+    # a: the shared first stage, then its own copies of stages 2-3; nothing past what it reads.
+    assert len(partial.private["a"]) == 2 and len(partial.shared) == 4
+    assert len(out["a"]) == 3 and len(out["b"]) == 4
+    for got in (out["a"], out["b"], hard["a"], mixed["a"], mixed["b"]):
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e)
+    assert len(hard["a"]) == 3  # the deepest any task reads
+    assert list(stemmed.gates) == ["b"] and len(mixed["a"]) == 2  # a reads the stem only
+
+
+def test_a_trunk_refuses_a_task_reading_no_stage(backbone):
+    with pytest.raises(ValueError, match="reads 0 stages"):
+        HardSharing(copy.deepcopy(backbone), {"a": 0})
+
+
+def test_checkpoints_with_stages_no_head_reads_still_load(caplog):
+    """Before unread stages were left out, a detection-only model carried the stride-32 stage:
+    its tensors are dropped, and only when they are the whole difference."""
+    model = MultiTaskModule(backbone="mobilenet_v3_small", tasks={"detection": {}})
+    legacy = MultiTaskModule(backbone="mobilenet_v3_small", tasks={"detection": {}, "presence": {}})
+    stage = {k: v for k, v in legacy.state_dict().items() if ".stages.3." in k}
+    assert stage
+    state = {**model.state_dict(), **stage}
+    with caplog.at_level(logging.INFO, logger="drivemtl"):
+        drop_unread_stages(state, model.state_dict(), "old.ckpt")
+    assert state.keys() == model.state_dict().keys()
+    assert f"old.ckpt: left out {len(stage)} tensors" in caplog.text
+    # A head tensor too many, or a tensor missing, is a different model: nothing is dropped.
+    for extra in ({"net.heads.presence.fc.weight": torch.zeros(1)}, {}):
+        state = {**model.state_dict(), **stage, **extra}
+        if not extra:
+            del state[next(iter(model.state_dict()))]
+        drop_unread_stages(state, model.state_dict())
+        assert stage.keys() <= state.keys()
+
+
+def test_a_legacy_checkpoint_tests_but_refuses_to_resume_with_its_optimiser(tmp_path, capsys):
+    from drivemtl.cli import main
+
+    run = tmp_path / "run"
+    tiny = [
+        "--model.backbone=mobilenet_v3_small",
+        "--model.tasks={detection: {}}",
+        "--data.image_size=[48, 72]",
+        "--data.synthetic.width=72",
+        "--data.synthetic.height=48",
+        "--data.synthetic.train=4",
+        "--data.synthetic.val=2",
+        "--data.synthetic.test=2",
+        "--data.batch_size=2",
+        "--data.num_workers=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+    assert main(["fit", *tiny, "--trainer.max_steps=1", f"--trainer.default_root_dir={run}"]) == 0
+    # As an earlier version wrote it: the stride-32 stage's tensors in the state dict.
+    path = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    legacy = MultiTaskModule(backbone="mobilenet_v3_small", tasks={"detection": {}, "presence": {}})
+    stage = {k: v for k, v in legacy.state_dict().items() if ".stages.3." in k}
+    checkpoint["state_dict"].update(stage)
+    torch.save(checkpoint, path)
+    assert (
+        main(["test", f"--ckpt_path={path}", f"--trainer.default_root_dir={tmp_path / 't'}"]) == 0
+    )
+    capsys.readouterr()
+    resumed = ["fit", *tiny, "--trainer.max_steps=2", f"--ckpt_path={path}"]
+    assert main([*resumed, f"--trainer.default_root_dir={run}"]) != 0
+    err = capsys.readouterr().err
+    assert f"carries {len(stage)} tensors of a backbone stage that no head reads" in err
+    assert f"--model.init_from {path}" in err

@@ -211,3 +211,19 @@ def test_a_task_name_cannot_be_taken_twice():
 
     with pytest.raises(ValueError, match="'presence' is taken by drivemtl.tasks.presence"):
         register_task(Other)
+
+
+def test_a_task_without_a_name_or_monitor_is_refused_at_registration():
+    """Both have no default; a task without its monitor would fail at the first epoch's end."""
+    from drivemtl.tasks import register_task
+    from drivemtl.tasks.base import Task
+
+    class Nameless(TASKS["depth"]):
+        name = ""
+
+    with pytest.raises(ValueError, match="Nameless has no name"):
+        register_task(Nameless)
+    unmonitored = type("Unmonitored", (Task,), {"name": "unmonitored"})
+    with pytest.raises(ValueError, match="Unmonitored has no monitor"):
+        register_task(unmonitored)
+    assert "unmonitored" not in TASKS and "" not in TASKS

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from drivemtl.checkpoints import check_state_fits, load_checkpoint
+from drivemtl.checkpoints import check_state_fits, drop_unread_stages, load_checkpoint
 from drivemtl.data.batch import Batch
 from drivemtl.data.io import load_rgb_reduced
 from drivemtl.data.labels import UNKNOWN
@@ -276,6 +276,7 @@ def net_from_checkpoint(path: str | Path) -> tuple[MultiTaskNet, ModelCard]:
     network = network_from_hparams(hparams)
     net = network.net
     state = {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    drop_unread_stages(state, net.state_dict(), f"checkpoint {path}")
     check_state_fits(state, net.state_dict(), f"checkpoint {path}")
     net.load_state_dict(state)
     net.eval()

@@ -76,7 +76,8 @@ def build_network(
     trunk_backbone = Backbone(backbone, weights)
     mean = tuple(trunk_backbone.mean if mean is None else mean)
     std = tuple(trunk_backbone.std if std is None else std)
-    trunk = build_trunk(sharing, trunk_backbone, list(chosen))
+    reads = {name: task.stages_read() for name, task in chosen.items()}
+    trunk = build_trunk(sharing, trunk_backbone, reads)
     try:
         heads = {name: task.build_head(trunk.channels, classes) for name, task in chosen.items()}
     except ValueError as e:

@@ -22,7 +22,7 @@ class MultiTaskNet(nn.Module):
     Args:
         trunk: A sharing strategy (:mod:`drivemtl.models.sharing`); with hard sharing the
             backbone runs once per batch and feeds every head.
-        heads: One module per task, each taking its list of four feature maps.
+        heads: One module per task, each taking its task's list of feature maps.
         mean: Per-channel normalisation mean, on the [0, 1] scale.
         std: Per-channel normalisation std.
     """

@@ -1,7 +1,7 @@
 """Parameter-sharing strategies: how the tasks' feature extractors relate to each other.
 
-Every strategy is a trunk that maps normalised images to one list of four feature maps
-(strides 4, 8, 16, 32) per task, so any head works with any strategy:
+Every strategy is a trunk that maps normalised images to one list of feature maps (strides 4,
+8, 16, 32, as many as the task reads) per task, so any head works with any strategy:
 
 - ``hard`` (default): one backbone for all tasks.
 - ``partial``: the first ``k`` backbone stages are shared, each task has its own copy of the
@@ -14,6 +14,10 @@ Every strategy is a trunk that maps normalised images to one list of four featur
 
 Copies start from the same weights as the shared backbone (identical initialisation), so a
 soft-sharing penalty starts at zero and a ``weights`` file initialises every copy.
+
+A task may read fewer than the four stages (detection on strides 4-16 by default); a stage that
+no task's head reads is neither built nor run, so every parameter takes part in the loss (as
+DDP requires), and each task receives at least the maps it reads.
 """
 
 from __future__ import annotations
@@ -34,19 +38,31 @@ NUM_STAGES = 4
 class Trunk(nn.Module, ABC):
     """Images to per-task feature maps.
 
+    Args:
+        backbone: The backbone whose stages the strategy shares, copies or trims.
+        tasks: Task names (each reads all four stages), or how many stages, from the first,
+            each task reads (``Task.stages_read``).
+
     Attributes:
-        channels: Channels of the four feature maps every task receives.
+        channels: Channels of the backbone's four feature maps (a task receives the first
+            ``reads[task]`` of them, or more).
         tasks: Task names, in order.
+        reads: Stages read, per task.
     """
 
-    def __init__(self, backbone: Backbone, tasks: Sequence[str]):
+    def __init__(self, backbone: Backbone, tasks: Sequence[str] | Mapping[str, int]):
         super().__init__()
         self.channels = list(backbone.channels)
-        self.tasks = list(tasks)
+        reads = tasks if isinstance(tasks, Mapping) else dict.fromkeys(tasks, NUM_STAGES)
+        for name, n in reads.items():
+            if not 1 <= n <= NUM_STAGES:
+                raise ValueError(f"task {name!r} reads {n} stages; a trunk has 1 to 4")
+        self.reads = dict(reads)
+        self.tasks = list(reads)
 
     @abstractmethod
     def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
-        """Each task's four feature maps."""
+        """Each task's feature maps, from stride 4: at least the ``reads[task]`` it reads."""
 
     @abstractmethod
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -65,8 +81,9 @@ class Trunk(nn.Module, ABC):
 class HardSharing(Trunk):
     """One backbone, run once, whose features feed every head."""
 
-    def __init__(self, backbone: Backbone, tasks: Sequence[str]):
+    def __init__(self, backbone: Backbone, tasks: Sequence[str] | Mapping[str, int]):
         super().__init__(backbone, tasks)
+        del backbone.stages[max(self.reads.values()) :]
         self.backbone = backbone
 
     def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
@@ -91,23 +108,30 @@ class PartialSharing(Trunk):
     """
 
     def __init__(
-        self, backbone: Backbone, tasks: Sequence[str], branch: Mapping[str, int] | None = None
+        self,
+        backbone: Backbone,
+        tasks: Sequence[str] | Mapping[str, int],
+        branch: Mapping[str, int] | None = None,
     ):
         super().__init__(backbone, tasks)
         branch = dict(branch or {})
-        unknown = sorted(set(branch) - set(tasks))
+        unknown = sorted(set(branch) - set(self.tasks))
         if unknown:
             raise ValueError(f"partial sharing: branch names tasks not trained: {unknown}")
         for name, k in branch.items():
             if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= NUM_STAGES:
                 raise ValueError(f"partial sharing: branch[{name!r}] must be 0 to 4, got {k!r}")
-        self.branch = {t: branch.get(t, NUM_STAGES) for t in tasks}
-        deepest = max(self.branch.values())
-        # Private copies are taken before the shared stages are trimmed to what some task uses.
+        self.branch = {t: branch.get(t, NUM_STAGES) for t in self.tasks}
+        # A task's private copy ends at the last stage it reads (none when it branches later);
+        # the shared stages end at the last one some task reads before branching.
         self.private = nn.ModuleDict(
-            {t: copy.deepcopy(backbone.stages[k:]) for t, k in self.branch.items()}
+            {t: copy.deepcopy(backbone.stages[k : self.reads[t]]) for t, k in self.branch.items()}
         )
-        self.shared = backbone.stages[:deepest]
+        self.shared = backbone.stages[: max(self._shared_read(t) for t in self.tasks)]
+
+    def _shared_read(self, task: str) -> int:
+        """How many shared stages the task reads."""
+        return min(self.branch[task], self.reads[task])
 
     def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
         shared = []
@@ -116,9 +140,9 @@ class PartialSharing(Trunk):
             h = stage(h)
             shared.append(h)
         out = {}
-        for task, k in self.branch.items():
-            features = shared[:k]
-            h = features[-1] if k else x
+        for task in self.tasks:
+            features = shared[: self._shared_read(task)]
+            h = features[-1] if features else x
             for stage in self.private[task]:
                 h = stage(h)
                 features = [*features, h]
@@ -147,12 +171,16 @@ class SoftSharing(Trunk):
         weight: Strength of the L2 penalty between corresponding parameters.
     """
 
-    def __init__(self, backbone: Backbone, tasks: Sequence[str], weight: float = 1e-3):
+    def __init__(
+        self, backbone: Backbone, tasks: Sequence[str] | Mapping[str, int], weight: float = 1e-3
+    ):
         super().__init__(backbone, tasks)
         if weight < 0:
             raise ValueError(f"soft sharing: weight must be >= 0, got {weight}")
         self.weight = float(weight)
-        self.backbones = nn.ModuleDict({t: copy.deepcopy(backbone) for t in tasks})
+        self.backbones = nn.ModuleDict({t: copy.deepcopy(backbone) for t in self.tasks})
+        for task, net in self.backbones.items():
+            del net.stages[self.reads[task] :]
 
     def forward(self, x: Tensor) -> dict[str, list[Tensor]]:
         return {task: net(x) for task, net in self.backbones.items()}
@@ -168,6 +196,7 @@ class SoftSharing(Trunk):
         total = next(self.parameters()).new_zeros(())
         for i, a in enumerate(nets):
             for b in nets[i + 1 :]:
+                # Parameters come stage by stage, so a copy that stops earlier pairs its own.
                 for p, q in zip(a.parameters(), b.parameters()):
                     total = total + (p - q).pow(2).sum()
         return self.weight * total
@@ -185,19 +214,26 @@ class MixtureOfExperts(Trunk):
     """
 
     def __init__(
-        self, backbone: Backbone, tasks: Sequence[str], experts: int = 3, stem_stages: int = 1
+        self,
+        backbone: Backbone,
+        tasks: Sequence[str] | Mapping[str, int],
+        experts: int = 3,
+        stem_stages: int = 1,
     ):
         super().__init__(backbone, tasks)
         if isinstance(experts, bool) or not isinstance(experts, int) or experts < 1:
             raise ValueError(f"mmoe: experts must be a positive integer, got {experts!r}")
         if not 1 <= stem_stages <= NUM_STAGES - 1:
             raise ValueError(f"mmoe: stem_stages must be 1 to 3, got {stem_stages!r}")
-        self.stem = backbone.stages[:stem_stages]
+        deepest = max(self.reads.values())
+        self.stem = backbone.stages[: min(stem_stages, deepest)]
         self.experts = nn.ModuleList(
-            [copy.deepcopy(backbone.stages[stem_stages:]) for _ in range(experts)]
+            [copy.deepcopy(backbone.stages[stem_stages:deepest]) for _ in range(experts)]
         )
+        # A task that reads the stem only mixes no expert, and has no gate.
+        gated = [t for t in self.tasks if self.reads[t] > stem_stages]
         self.gates = nn.ModuleDict(
-            {t: nn.Linear(self.channels[stem_stages - 1], experts) for t in tasks}
+            {t: nn.Linear(self.channels[stem_stages - 1], experts) for t in gated}
         )
 
     def gate_weights(self, stem_output: Tensor) -> dict[str, Tensor]:
@@ -217,10 +253,10 @@ class MixtureOfExperts(Trunk):
                 h = stage(h)
                 maps.append(h)
             per_expert.append(maps)
-        out = {}
+        out = {t: stem[: self.reads[t]] for t in self.tasks}
         for task, weights in self.gate_weights(x).items():
             mixed = []
-            for j in range(len(per_expert[0])):
+            for j in range(self.reads[task] - len(stem)):
                 stacked = torch.stack([maps[j] for maps in per_expert], dim=1)  # (B, E, C, H, W)
                 w = weights.to(stacked.dtype).view(*weights.shape, 1, 1, 1)
                 mixed.append((w * stacked).sum(dim=1))
@@ -245,9 +281,17 @@ SHARING: dict[str, type[Trunk]] = {
 
 
 def build_trunk(
-    spec: Mapping[str, Mapping | None] | None, backbone: Backbone, tasks: Sequence[str]
+    spec: Mapping[str, Mapping | None] | None,
+    backbone: Backbone,
+    tasks: Sequence[str] | Mapping[str, int],
 ) -> Trunk:
-    """The trunk named by the config's ``{strategy: {option: value}}`` (default: hard sharing)."""
+    """The trunk named by the config's ``{strategy: {option: value}}`` (default: hard sharing).
+
+    Args:
+        spec: ``model.sharing``.
+        backbone: Shared, copied or trimmed by the strategy.
+        tasks: Task names, or the stages each task reads (see :class:`Trunk`).
+    """
     spec = dict(spec or {"hard": {}})
     if len(spec) != 1:
         raise DriveMTLError(

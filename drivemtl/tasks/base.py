@@ -77,6 +77,14 @@ class Task(ABC):
     def build_head(self, channels: Sequence[int], classes: Sequence[str]) -> nn.Module:
         """The head over the backbone's feature maps (channels from stride 4 to 32)."""
 
+    def stages_read(self) -> int:
+        """How many of the trunk's four stages, from the first, the head reads (default: all).
+
+        The trunk neither builds nor runs a stage that no head reads: under DDP every
+        parameter must take part in the loss. The head then receives at least this many maps.
+        """
+        return 4
+
     @abstractmethod
     def loss(self, output: Any, batch: Batch) -> tuple[Tensor, int]:
         """The task loss over labelled entries, and how many labelled entries it saw.
@@ -271,8 +279,9 @@ TASKS: dict[str, type[Task]] = {}
 
 def register_task(cls: type[Task]) -> type[Task]:
     """Class decorator: make a task available under its ``name`` in ``model.tasks``."""
-    if not getattr(cls, "name", None):
-        raise ValueError(f"task class {cls.__name__} has no name")
+    for attribute in ("name", "monitor"):  # no default: every task names its own
+        if not isinstance(getattr(cls, attribute, None), str) or not getattr(cls, attribute):
+            raise ValueError(f"task class {cls.__name__} has no {attribute} (a string)")
     known = TASKS.get(cls.name)
     if known is not None and known is not cls:
         raise ValueError(

@@ -30,6 +30,7 @@ from drivemtl.evaluation.inputs import EvaluationInputs, TaskEvaluation
 from drivemtl.metrics.detection import DEFAULT_SCORE_THRESHOLD, DetectionMetric, ImageBoxes
 from drivemtl.models.fcos import (
     GROUP_NORM_GROUPS,
+    TRUNK_LEVELS,
     FCOSDetectionHead,
     assign_targets,
     check_levels,
@@ -249,6 +250,11 @@ class DetectionTask(Task):
         return FCOSDetectionHead(
             channels, len(classes), self.levels, self.fpn_channels, self.head_convs
         )
+
+    def stages_read(self) -> int:
+        """Up to the deepest trunk level detected on (levels 6-7 are computed from it):
+        the default levels 2-4 leave the stride-32 stage to the other heads."""
+        return max(lv for lv in self.levels if lv in TRUNK_LEVELS) - TRUNK_LEVELS[0] + 1
 
     # -- loss ----------------------------------------------------------------------------------
 
