@@ -242,3 +242,15 @@ def test_synchronised_states_count_each_image_once():
     synced, expected = rank0.report(), single.report()
     assert synced["images"] == 2 and synced["valid_pixels"] == 6
     assert synced == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 1), (1, 1, 5), (3, 2)])
+def test_a_map_one_pixel_wide_or_high_keeps_its_axes(tmp_path, shape):
+    """``predict`` on a 1x1 image crashed (the map squeezed to a scalar), and a map one pixel
+    wide was written as a row, transposed."""
+    value = np.arange(1, math.prod(shape) + 1, dtype=np.float32).reshape(shape)
+    task = DepthTask()
+    task.save_map(value, str(tmp_path / "d.png"))
+    plane = value.reshape(shape[-2:])
+    np.testing.assert_allclose(load_depth(tmp_path / "d.png"), plane, atol=1 / 256)
+    assert task.preview(value).shape[:2] == plane.shape

@@ -390,10 +390,10 @@ class DepthTask(Task):
         return markdown_table([head, tuple(cell(section.get(k)) for k in head)])
 
     def save_map(self, value: np.ndarray, path: str) -> None:
-        save_depth_png(np.squeeze(np.asarray(value, dtype=np.float32)), path)
+        save_depth_png(_plane(np.asarray(value, dtype=np.float32)), path)
 
     def preview(self, value: np.ndarray) -> np.ndarray:
-        return colorize_depth(np.squeeze(value))
+        return colorize_depth(_plane(np.asarray(value)))
 
     def decode(
         self, output: Tensor, head: nn.Module, batch: Batch, classes: Sequence[str]
@@ -412,3 +412,9 @@ class DepthTask(Task):
             log = upsample_log(output[i : i + 1], (height, width))
             rows.append({"depth": torch.exp(log)[0, 0].cpu()})
         return rows
+
+
+def _plane(value: np.ndarray) -> np.ndarray:
+    """The (H, W) map of a (1, H, W) or (H, W) array; unlike ``squeeze``, an image one pixel
+    wide or high keeps its two axes (a 1x1 map became a scalar, a 3000x1 one a row)."""
+    return value.reshape(value.shape[-2:])
