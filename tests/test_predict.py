@@ -203,6 +203,25 @@ def test_bad_files_go_to_errors_and_the_run_goes_on(trained, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_a_data_sets_own_map_folders_are_never_written_or_deleted(trained, tmp_path, capsys):
+    """A data set laid out as img/ + depth/ (ground truth) with --output_dir at its root: predict
+    would write its maps into depth/ under the same names, and --overwrite delete the folder."""
+    root = tmp_path / "data"
+    _mixed_folder(root / "img")
+    truth = root / "depth" / "a.png"
+    truth.parent.mkdir(parents=True)
+    truth.write_bytes(b"ground truth")
+    for extra in ((), ("--overwrite",)):
+        assert _predict(trained["ckpt"], root / "img", root, *extra) == 2
+        assert f"{root / 'depth'} holds files that no predict run wrote" in capsys.readouterr().err
+        assert truth.read_bytes() == b"ground truth"
+    # A predict run's own folder (its run.json beside it) is overwritten on request.
+    out = tmp_path / "out"
+    assert _predict(trained["ckpt"], root / "img", out, "--overlays") == 0
+    assert _predict(trained["ckpt"], root / "img", out, "--overwrite") == 0
+    assert not (out / "overlays").exists()
+
+
 def test_nothing_readable_or_nothing_usable_is_an_error(trained, tmp_path, capsys):
     folder = tmp_path / "bad"
     folder.mkdir()

@@ -329,6 +329,16 @@ class PredictionWriter(BasePredictionWriter):
     def _prepare_existing(self) -> None:
         outputs = [self.predictions_path, self.errors_path, self.output_dir / CSV_FILE]
         folders = [self.output_dir / d for d in (OVERLAYS, *map_folders(pixel_labels()))]
+        # Picture folders are a predict run's only beside its run record: a data set's own
+        # depth/ or segmentation/ (ground truth) must be neither overwritten nor deleted.
+        if not (self.output_dir / RUN_INFO).is_file():
+            foreign = [f for f in folders if f.is_dir() and any(f.iterdir())]
+            if foreign:
+                raise DriveMTLError(
+                    f"{foreign[0]} holds files that no predict run wrote (no {RUN_INFO} in "
+                    f"{self.output_dir}); predict writes its maps and pictures there and would "
+                    "overwrite them. Choose another --output_dir (an empty or new folder)."
+                )
         if self.overwrite:
             for path in [*outputs, self.output_dir / RUN_INFO]:
                 path.unlink(missing_ok=True)
