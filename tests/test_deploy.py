@@ -301,6 +301,20 @@ def test_export_bad_inputs(checkpoints, tmp_path, capsys):
     with pytest.raises(DriveMTLError, match="fake.onnx: not a readable ONNX file"):
         drivemtl.load(fake)
     assert not list(tmp_path.glob(".*.partial")), "a failed export leaves no partial file"
+    # An existing file is replaced only on request; the checkpoint itself never is.
+    kept = tmp_path / "kept.ts"
+    kept.write_bytes(b"an earlier export")
+    ts = ["export", f"--ckpt_path={ckpt}", "--format=torchscript", f"--output={kept}"]
+    assert main(ts) == 2
+    assert "already exists: pass --overwrite" in capsys.readouterr().err
+    assert kept.read_bytes() == b"an earlier export"
+    assert main([*ts, "--overwrite"]) == 0
+    assert drivemtl.load(kept).card.classes
+    before = Path(ckpt).read_bytes()
+    itself = ["export", f"--ckpt_path={ckpt}", "--format=torchscript", f"--output={ckpt}"]
+    assert main([*itself, "--overwrite"]) == 2
+    assert "is the checkpoint itself" in capsys.readouterr().err
+    assert Path(ckpt).read_bytes() == before
 
 
 def test_onnx_without_a_card_is_refused(tmp_path):

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", type=Path, help="file to write (default: the checkpoint's name, .onnx / .ts)"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output file"
+    )
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, help="fixed batch size of the file (default: 1)")
     batch.add_argument(
@@ -77,6 +80,14 @@ def _run(args: argparse.Namespace) -> int:
     output = args.output or args.ckpt_path.with_suffix(suffix)
     if args.format == "onnx" and output.suffix.lower() != ".onnx":
         raise DriveMTLError(f"--output {output}: an ONNX file must end in .onnx.")
+    if output.exists():
+        if args.ckpt_path.exists() and output.samefile(args.ckpt_path):
+            raise DriveMTLError(f"--output {output} is the checkpoint itself: name another file.")
+        if not args.overwrite:
+            raise DriveMTLError(
+                f"--output {output} already exists: pass --overwrite to replace it, or name "
+                "another file."
+            )
     batch = None if args.dynamic_batch else (args.batch if args.batch is not None else 1)
     card = export_model(args.ckpt_path, output, args.format, batch, args.opset)
     size = "x".join(str(v) for v in card.image_size)
