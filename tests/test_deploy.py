@@ -310,6 +310,14 @@ def test_export_bad_inputs(checkpoints, tmp_path, capsys):
     assert kept.read_bytes() == b"an earlier export"
     assert main([*ts, "--overwrite"]) == 0
     assert drivemtl.load(kept).card.classes
+    # validate / test / fit need the checkpoint; torch.load's error advised an unsafe retry.
+    onnx = tmp_path / "m.onnx"
+    assert main(["export", f"--ckpt_path={ckpt}", f"--output={onnx}"]) == 0
+    for exported, kind in ((kept, "TorchScript"), (onnx, "ONNX")):
+        for command in ("test", "fit"):
+            assert main([command, f"--ckpt_path={exported}"]) == 2
+            err = capsys.readouterr().err
+            assert f"{command} --ckpt_path {exported}: this is an exported {kind} file" in err
     before = Path(ckpt).read_bytes()
     itself = ["export", f"--ckpt_path={ckpt}", "--format=torchscript", f"--output={ckpt}"]
     assert main([*itself, "--overwrite"]) == 2

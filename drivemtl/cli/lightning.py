@@ -249,12 +249,21 @@ class DriveCLI(LightningCLI):
         self._exported = None
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if subcommand != "predict" or not ckpt_path or not Path(ckpt_path).is_file():
+        if not ckpt_path or not Path(ckpt_path).is_file():
             return super()._parse_ckpt_path()
         from drivemtl.deploy.runtimes import file_kind, read_card
 
-        if file_kind(ckpt_path) == "checkpoint":
+        kind = file_kind(ckpt_path)
+        if kind == "checkpoint":
             return super()._parse_ckpt_path()
+        if subcommand != "predict":  # torch.load would fail, advising an unsafe retry
+            raise DriveMTLError(
+                f"{subcommand} --ckpt_path {ckpt_path}: this is an exported "
+                f"{dict(onnx='ONNX', torchscript='TorchScript')[kind]} file; "
+                f"{subcommand} needs the checkpoint it was exported from (e.g. "
+                "RUN/checkpoints/best.ckpt). drivemtl predict --ckpt_path and drivemtl.load() "
+                "run exported files."
+            )
         self._exported = str(ckpt_path)
         hparams = {subcommand: {"model": dict(read_card(ckpt_path).hparams)}}
         self.config = self.parser.parse_object(hparams, self.config)
